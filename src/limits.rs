@@ -1,0 +1,74 @@
+//! Every cap and default of runner-storage, each a documented constant.
+//!
+//! Bounds that depend on each other are tied together with compile-time
+//! assertions at the end of the file, so changing one cannot silently break
+//! another.
+
+/// Longest runner address (`host:port`) in bytes; longer is `INVALID_ARGUMENT` (SPEC §6).
+pub const ADDRESS_BYTES_MAX: usize = 255;
+
+/// Longest shard id (`group:id`) in bytes; longer is `INVALID_ARGUMENT` (SPEC §6).
+pub const SHARD_ID_BYTES_MAX: usize = 255;
+
+/// Largest runner JSON in bytes (16 KiB); larger is `INVALID_ARGUMENT` (SPEC §6).
+pub const RUNNER_JSON_BYTES_MAX: usize = 16 * 1024;
+
+/// Most shard ids in one `acquire` or `refresh`; more is `INVALID_ARGUMENT` (SPEC §6).
+pub const SHARD_IDS_PER_CALL_MAX: usize = 10_000;
+
+/// Default cluster-wide lock expiration `E`: Effect's `shardLockExpiration` default.
+pub const LOCK_EXPIRATION_MS_DEFAULT: u64 = 35_000;
+
+/// Largest accepted lock expiration (one day): a longer `E` would keep dead
+/// runners' shards locked for longer than any operator means to.
+pub const LOCK_EXPIRATION_MS_MAX: u64 = 24 * 60 * 60 * 1000;
+
+/// Default cap on registered runner records (SPEC §6, `RESOURCE_EXHAUSTED`).
+pub const RUNNERS_MAX_DEFAULT: usize = 65_536;
+
+/// Default cap on shard lock records (SPEC §6, `RESOURCE_EXHAUSTED`).
+pub const LOCKS_MAX_DEFAULT: usize = 1_048_576;
+
+/// Machine ids in `1..=MACHINE_ID_RESIDUES` are handed out first: Effect's
+/// Snowflake ids use `machine_id mod 1024`.
+pub const MACHINE_ID_RESIDUES: i64 = 1024;
+
+/// Answers remembered per client for request-id deduplication (SPEC §6).
+pub const DEDUP_SEQUENCES_PER_CLIENT_MAX: usize = 1024;
+
+/// Clients remembered for deduplication at once. Past it the client seen least
+/// recently is forgotten first, so a flood of client ids cannot grow memory.
+pub const DEDUP_CLIENTS_MAX: usize = 16_384;
+
+/// A client unseen for this many lock expirations is forgotten (SPEC §6).
+pub const DEDUP_CLIENT_IDLE_EXPIRATIONS: u64 = 10;
+
+/// Longest client id of a request id, in bytes.
+pub const CLIENT_ID_BYTES_MAX: usize = 128;
+
+/// Largest gRPC message a node accepts or sends (16 MiB): the largest legal
+/// request and Raft snapshot chunks must fit.
+pub const GRPC_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Size of one snapshot chunk sent to a lagging follower.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// Times a follower forwards one call: once, straight to the leader it knows.
+/// A forwarded call that lands on a non-leader is answered `UNAVAILABLE`
+/// with a leader hint instead of being forwarded again, so no call loops.
+pub const FORWARD_HOPS_MAX: u32 = 1;
+
+/// Entries applied since the last snapshot before openraft builds a new one.
+pub const SNAPSHOT_LOGS_SINCE_LAST_DEFAULT: u64 = 10_000;
+
+/// Log entries kept behind the last snapshot for slow followers before purge.
+pub const LOGS_KEPT_AFTER_SNAPSHOT_DEFAULT: u64 = 1_000;
+
+// The largest legal acquire must fit in one gRPC message, with room for framing.
+const _: () = assert!(SHARD_IDS_PER_CALL_MAX * (SHARD_ID_BYTES_MAX + 8) <= GRPC_MESSAGE_BYTES_MAX / 2);
+// A snapshot chunk plus its envelope must fit in one gRPC message.
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES * 2 <= GRPC_MESSAGE_BYTES_MAX);
+// Every machine id residue must be available to the runner cap's first 1024 runners.
+const _: () = assert!(RUNNERS_MAX_DEFAULT as i64 >= MACHINE_ID_RESIDUES);
+const _: () = assert!(LOCK_EXPIRATION_MS_DEFAULT <= LOCK_EXPIRATION_MS_MAX);
+const _: () = assert!(FORWARD_HOPS_MAX == 1);

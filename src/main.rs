@@ -1,0 +1,3 @@
+//! The `runner-storage` binary.
+
+fn main() {}

@@ -1,0 +1,190 @@
+//! What the Raft log carries: a [`Command`] per write, wrapped in an
+//! [`Envelope`] with the leader's timestamp and an optional request id, and
+//! the [`Reply`] that applying it yields.
+//!
+//! Commands carry the string forms of the wire; `apply` validates them again
+//! (the service validated them before proposing), so a bad entry can never
+//! change the state.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::model::RequestId;
+
+/// One write of the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Upsert a runner by address; heartbeat.
+    Register {
+        /// `host:port`.
+        address: String,
+        /// Effect's runner JSON, stored as given.
+        runner: String,
+        /// Whether the runner reports itself healthy.
+        healthy: bool,
+    },
+    /// Delete the runner and every runner that is not live.
+    Unregister {
+        /// `host:port`.
+        address: String,
+    },
+    /// Set a registered runner's health flag.
+    SetRunnerHealth {
+        /// `host:port`.
+        address: String,
+        /// The new flag.
+        healthy: bool,
+    },
+    /// Take the free, own or expired locks among `shard_ids`.
+    Acquire {
+        /// `host:port`.
+        address: String,
+        /// `group:id` strings, at least one.
+        shard_ids: Vec<String>,
+    },
+    /// Heartbeat, and renew this address's locks among `shard_ids`.
+    Refresh {
+        /// `host:port`.
+        address: String,
+        /// `group:id` strings, possibly none.
+        shard_ids: Vec<String>,
+    },
+    /// Delete one lock if this address holds its record.
+    Release {
+        /// `host:port`.
+        address: String,
+        /// `group:id`.
+        shard_id: String,
+    },
+    /// Delete every lock record of this address.
+    ReleaseAll {
+        /// `host:port`.
+        address: String,
+    },
+    /// Set the cluster-wide lock expiration `E`.
+    SetLockExpiration {
+        /// The new `E`, at least 1 ms.
+        lock_expiration_ms: u64,
+    },
+}
+
+/// A command as it sits in the log: stamped with the leader's wall clock when
+/// it was proposed, and the client's request id when it sent one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Leader wall-clock milliseconds since the Unix epoch at proposal.
+    pub time_ms: u64,
+    /// Present when the client asked for exactly-once application.
+    pub request_id: Option<RequestId>,
+    /// The write.
+    pub command: Command,
+}
+
+/// Why the state machine refused a command; the state is unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectionKind {
+    /// Malformed input (SPEC §6).
+    InvalidArgument,
+    /// A cluster-wide cap would be passed.
+    ResourceExhausted,
+    /// A request id older than the oldest remembered for its client.
+    FailedPrecondition,
+}
+
+/// The answer of applying one [`Envelope`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The write succeeded and returns nothing.
+    Done,
+    /// `register` succeeded with this machine id.
+    MachineId(i64),
+    /// `acquire`/`refresh` succeeded with these shard ids, in request order.
+    ShardIds(Vec<String>),
+    /// The command was refused and changed nothing.
+    Rejected {
+        /// Which kind of refusal.
+        kind: RejectionKind,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+}
+
+impl Reply {
+    pub(crate) fn rejected(error: Error) -> Reply {
+        let (kind, message) = match error {
+            Error::InvalidArgument(m) => (RejectionKind::InvalidArgument, m),
+            Error::ResourceExhausted(m) => (RejectionKind::ResourceExhausted, m),
+            Error::FailedPrecondition(m) => (RejectionKind::FailedPrecondition, m),
+            other => unreachable!("the state machine only rejects with argument, cap or precondition errors, not {other}"),
+        };
+        Reply::Rejected { kind, message }
+    }
+
+    /// Turns a refusal back into the [`Error`] it stands for.
+    ///
+    /// # Errors
+    /// The refusal, when this reply is [`Reply::Rejected`].
+    pub fn into_result(self) -> Result<Reply, Error> {
+        match self {
+            Reply::Rejected { kind, message } => Err(match kind {
+                RejectionKind::InvalidArgument => Error::InvalidArgument(message),
+                RejectionKind::ResourceExhausted => Error::ResourceExhausted(message),
+                RejectionKind::FailedPrecondition => Error::FailedPrecondition(message),
+            }),
+            reply => Ok(reply),
+        }
+    }
+}
+
+impl Command {
+    /// Validates every argument as SPEC §6 requires, without touching state.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the first bad field.
+    pub fn validate(&self) -> Result<(), Error> {
+        use crate::model::encoding::{validate_address, validate_runner_json, validate_shard_ids, split_shard_id};
+        use crate::model::RunnerAddress;
+        match self {
+            Command::Register { address, runner, .. } => validate_runner_json(&RunnerAddress::parse(address)?, runner),
+            Command::Unregister { address } | Command::SetRunnerHealth { address, .. } | Command::ReleaseAll { address } => {
+                validate_address(address)
+            }
+            Command::Acquire { address, shard_ids } => {
+                validate_address(address)?;
+                validate_shard_ids(shard_ids, true)
+            }
+            Command::Refresh { address, shard_ids } => {
+                validate_address(address)?;
+                validate_shard_ids(shard_ids, false)
+            }
+            Command::Release { address, shard_id } => {
+                validate_address(address)?;
+                split_shard_id(shard_id).map(|_| ())
+            }
+            Command::SetLockExpiration { lock_expiration_ms } => {
+                if (1..=crate::limits::LOCK_EXPIRATION_MS_MAX).contains(lock_expiration_ms) {
+                    Ok(())
+                } else {
+                    Err(Error::InvalidArgument(format!(
+                        "lock_expiration_ms must be in 1..={}, got {lock_expiration_ms}",
+                        crate::limits::LOCK_EXPIRATION_MS_MAX
+                    )))
+                }
+            }
+        }
+    }
+
+    /// The command's name, for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Register { .. } => "register",
+            Command::Unregister { .. } => "unregister",
+            Command::SetRunnerHealth { .. } => "set_runner_health",
+            Command::Acquire { .. } => "acquire",
+            Command::Refresh { .. } => "refresh",
+            Command::Release { .. } => "release",
+            Command::ReleaseAll { .. } => "release_all",
+            Command::SetLockExpiration { .. } => "set_lock_expiration",
+        }
+    }
+}

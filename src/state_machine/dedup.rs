@@ -1,0 +1,118 @@
+//! Request-id deduplication (SPEC §6): per client, the answers to its most
+//! recent 1,024 sequences, so a retried write is applied once.
+//!
+//! Bounded twice: at most [`DEDUP_SEQUENCES_PER_CLIENT_MAX`] answers per client
+//! and [`DEDUP_CLIENTS_MAX`] clients; a client unseen for 10 × `E` is forgotten.
+//! Everything is keyed by ordered maps so eviction order is deterministic.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use super::Reply;
+use crate::error::{Error, Result};
+use crate::limits::{DEDUP_CLIENTS_MAX, DEDUP_SEQUENCES_PER_CLIENT_MAX};
+use crate::model::RequestId;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct ClientAnswers {
+    last_seen_ms: u64,
+    answers: BTreeMap<u64, Reply>,
+}
+
+/// The deduplication table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct Dedup {
+    clients: HashMap<String, ClientAnswers>,
+    /// `(last_seen_ms, client_id)` of every client: oldest first, for eviction.
+    by_last_seen: BTreeSet<(u64, String)>,
+}
+
+impl Dedup {
+    /// The remembered answer of `request_id`, `None` when it is new.
+    ///
+    /// # Errors
+    /// [`Error::FailedPrecondition`] when the client's table is full and the
+    /// sequence is older than the oldest remembered: it may have been applied
+    /// and forgotten, so applying it now could apply it twice.
+    pub(super) fn lookup(&mut self, request_id: &RequestId, now_ms: u64) -> Result<Option<Reply>> {
+        let Some(client) = self.clients.get(&request_id.client_id) else {
+            return Ok(None);
+        };
+        if let Some(reply) = client.answers.get(&request_id.sequence) {
+            let reply = reply.clone();
+            self.touch(&request_id.client_id, now_ms);
+            return Ok(Some(reply));
+        }
+        let oldest = client.answers.first_key_value().map(|(sequence, _)| *sequence);
+        match oldest {
+            Some(oldest) if client.answers.len() >= DEDUP_SEQUENCES_PER_CLIENT_MAX && request_id.sequence < oldest => {
+                Err(Error::FailedPrecondition(format!(
+                    "request_id.sequence {} of client {:?} is older than the oldest remembered ({oldest})",
+                    request_id.sequence, request_id.client_id
+                )))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Remembers the answer to `request_id`, dropping the client's oldest
+    /// answer past the per-client bound and the least recently seen client
+    /// past the client bound.
+    pub(super) fn remember(&mut self, request_id: &RequestId, now_ms: u64, reply: Reply) {
+        if !self.clients.contains_key(&request_id.client_id) {
+            if self.clients.len() >= DEDUP_CLIENTS_MAX {
+                self.forget_least_recently_seen();
+            }
+            self.clients.insert(request_id.client_id.clone(), ClientAnswers { last_seen_ms: now_ms, answers: BTreeMap::new() });
+            self.by_last_seen.insert((now_ms, request_id.client_id.clone()));
+        }
+        self.touch(&request_id.client_id, now_ms);
+        let client = self.clients.get_mut(&request_id.client_id).expect("client inserted above");
+        client.answers.insert(request_id.sequence, reply);
+        while client.answers.len() > DEDUP_SEQUENCES_PER_CLIENT_MAX {
+            client.answers.pop_first();
+        }
+        debug_assert_eq!(self.clients.len(), self.by_last_seen.len());
+    }
+
+    /// Forgets every client unseen for `idle_ms`.
+    pub(super) fn forget_idle(&mut self, now_ms: u64, idle_ms: u64) {
+        while let Some((last_seen_ms, _)) = self.by_last_seen.first() {
+            if last_seen_ms.saturating_add(idle_ms) > now_ms {
+                break;
+            }
+            self.forget_least_recently_seen();
+        }
+    }
+
+    /// Clients remembered, and answers remembered over all of them.
+    pub(super) fn sizes(&self) -> (usize, usize) {
+        (self.clients.len(), self.clients.values().map(|client| client.answers.len()).sum())
+    }
+
+    pub(super) fn check_invariants(&self) {
+        assert_eq!(self.clients.len(), self.by_last_seen.len(), "dedup index out of step");
+        assert!(self.clients.len() <= DEDUP_CLIENTS_MAX, "dedup remembers {} clients", self.clients.len());
+        for (client_id, client) in &self.clients {
+            assert!(self.by_last_seen.contains(&(client.last_seen_ms, client_id.clone())), "{client_id} not indexed");
+            assert!(client.answers.len() <= DEDUP_SEQUENCES_PER_CLIENT_MAX, "{client_id} remembers too much");
+        }
+    }
+
+    fn touch(&mut self, client_id: &str, now_ms: u64) {
+        let Some(client) = self.clients.get_mut(client_id) else { return };
+        if client.last_seen_ms == now_ms {
+            return;
+        }
+        self.by_last_seen.remove(&(client.last_seen_ms, client_id.to_owned()));
+        client.last_seen_ms = now_ms;
+        self.by_last_seen.insert((now_ms, client_id.to_owned()));
+    }
+
+    fn forget_least_recently_seen(&mut self) {
+        if let Some((_, client_id)) = self.by_last_seen.pop_first() {
+            self.clients.remove(&client_id);
+        }
+    }
+}

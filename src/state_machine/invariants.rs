@@ -1,0 +1,55 @@
+//! Whole-state invariants, checked by tests after every apply and by
+//! `debug_assert!` builds. Each `assert!` states one property.
+
+use super::State;
+use crate::limits::MACHINE_ID_RESIDUES;
+
+impl State {
+    /// Checks every invariant of the state.
+    ///
+    /// # Panics
+    /// When one is broken: that is a bug in `apply`, never bad input.
+    pub fn check_invariants(&self) {
+        self.check_runner_invariants();
+        self.check_lock_invariants();
+        self.dedup.check_invariants();
+    }
+
+    fn check_runner_invariants(&self) {
+        assert_eq!(self.runners.len(), self.machine_ids.len(), "runner and machine id tables differ in size");
+        assert!(self.runners.len() <= self.caps.runners_max, "runners past their cap");
+        for (address, record) in &self.runners {
+            assert_eq!(self.machine_ids.get(&record.machine_id), Some(address), "machine id {} of {address}", record.machine_id);
+            assert!(record.machine_id >= 1, "machine id {} below 1", record.machine_id);
+            assert!(record.last_heartbeat_ms <= self.now_ms, "heartbeat of {address} in the future");
+        }
+        // Machine ids unique mod 1024 while fewer than 1024 runners are registered.
+        if (self.runners.len() as i64) < MACHINE_ID_RESIDUES {
+            let mut residues = std::collections::HashSet::new();
+            for id in self.machine_ids.keys() {
+                assert!(residues.insert(id % MACHINE_ID_RESIDUES), "machine id {id} collides mod 1024");
+            }
+        }
+    }
+
+    fn check_lock_invariants(&self) {
+        assert!(self.locks.len() <= self.caps.locks_max, "locks past their cap");
+        let indexed: usize = self.locks_by_address.values().map(|shard_ids| shard_ids.len()).sum();
+        assert_eq!(indexed, self.locks.len(), "lock index and lock table differ in size");
+        for (address, shard_ids) in &self.locks_by_address {
+            assert!(!shard_ids.is_empty(), "empty lock index entry for {address}");
+            for shard_id in shard_ids {
+                let holder = self.locks.get(shard_id).map(|record| record.address.as_str());
+                assert_eq!(holder, Some(address.as_str()), "lock index says {address} holds {shard_id}");
+            }
+        }
+        for (shard_id, record) in &self.locks {
+            assert!(record.acquired_at_ms <= self.now_ms, "lock {shard_id} acquired in the future");
+        }
+    }
+
+    /// How many clients and answers the deduplication table remembers.
+    pub fn dedup_sizes(&self) -> (usize, usize) {
+        self.dedup.sizes()
+    }
+}

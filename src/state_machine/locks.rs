@@ -1,0 +1,90 @@
+//! The shard lock table: acquire, refresh and release.
+
+use std::collections::HashSet;
+
+use super::{LockRecord, State};
+use crate::error::Result;
+
+/// `shard_ids` without repeats, first occurrence first. One-element lists
+/// (the common case) skip the set.
+fn distinct(shard_ids: &[String]) -> impl Iterator<Item = &String> {
+    let mut seen: HashSet<&str> = HashSet::new();
+    let single = shard_ids.len() <= 1;
+    shard_ids.iter().filter(move |shard_id| single || seen.insert(shard_id.as_str()))
+}
+
+impl State {
+    /// Takes each listed shard that is free, already this address's, or whose
+    /// lock expired, stamping it `{address, now}`. Returns the listed shards
+    /// now held by `address`, in request order, without repeats.
+    pub(super) fn acquire(&mut self, address: &str, shard_ids: &[String]) -> Result<Vec<String>> {
+        let new_records = distinct(shard_ids).filter(|shard_id| !self.locks.contains_key(*shard_id)).count();
+        if self.locks.len() + new_records > self.caps.locks_max {
+            return Err(State::cap_error("acquiring these shards", self.caps.locks_max));
+        }
+        let now_ms = self.now_ms;
+        let mut acquired = Vec::with_capacity(shard_ids.len());
+        for shard_id in distinct(shard_ids) {
+            let previous_holder = match self.locks.get(shard_id) {
+                None => None,
+                Some(record) if record.address == address => None,
+                Some(record) if !self.is_held(record, now_ms) => Some(record.address.clone()),
+                Some(_) => continue,
+            };
+            if let Some(previous_holder) = previous_holder {
+                self.unindex_lock(&previous_holder, shard_id);
+            }
+            let record = LockRecord { address: address.to_owned(), acquired_at_ms: now_ms };
+            self.locks.insert(shard_id.clone(), record);
+            self.locks_by_address.entry(address.to_owned()).or_default().insert(shard_id.clone());
+            acquired.push(shard_id.clone());
+        }
+        Ok(acquired)
+    }
+
+    /// Heartbeat for the runner, and `acquired_at = now` for each listed
+    /// shard whose record is this address's, even if it had expired. Returns
+    /// those shards in request order, without repeats.
+    pub(super) fn refresh(&mut self, address: &str, shard_ids: &[String]) -> Vec<String> {
+        self.heartbeat(address);
+        let now_ms = self.now_ms;
+        let mut refreshed = Vec::with_capacity(shard_ids.len());
+        for shard_id in distinct(shard_ids) {
+            if let Some(record) = self.locks.get_mut(shard_id) {
+                if record.address == address {
+                    record.acquired_at_ms = now_ms;
+                    refreshed.push(shard_id.clone());
+                }
+            }
+        }
+        refreshed
+    }
+
+    /// Deletes the lock on `shard_id` if its record is this address's.
+    pub(super) fn release(&mut self, address: &str, shard_id: &str) {
+        if self.locks.get(shard_id).is_some_and(|record| record.address == address) {
+            self.locks.remove(shard_id);
+            self.unindex_lock(address, shard_id);
+        }
+    }
+
+    /// Deletes every lock record of this address.
+    pub(super) fn release_all(&mut self, address: &str) {
+        for shard_id in self.locks_by_address.remove(address).unwrap_or_default() {
+            let removed = self.locks.remove(&shard_id);
+            assert!(
+                removed.is_some_and(|record| record.address == address),
+                "lock index listed {shard_id} under {address} but the lock table disagrees"
+            );
+        }
+    }
+
+    fn unindex_lock(&mut self, address: &str, shard_id: &str) {
+        if let Some(shard_ids) = self.locks_by_address.get_mut(address) {
+            shard_ids.remove(shard_id);
+            if shard_ids.is_empty() {
+                self.locks_by_address.remove(address);
+            }
+        }
+    }
+}
