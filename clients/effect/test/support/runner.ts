@@ -1,0 +1,143 @@
+/**
+ * Starts `fixtures/runner.js` (a real Effect cluster runner) as a separate
+ * Node process and talks to it over IPC.
+ */
+import { type ChildProcess, fork } from "node:child_process"
+import { closeSync, openSync, readFileSync } from "node:fs"
+import { dirname, join } from "node:path"
+import { fileURLToPath } from "node:url"
+import { freePort, sleep, track } from "./cluster.js"
+
+const runnerScript = join(dirname(fileURLToPath(import.meta.url)), "..", "fixtures", "runner.js")
+
+export interface PingReply {
+  readonly message: string
+  readonly runner: string
+  readonly shard: string
+}
+
+export interface RunnerProcess {
+  readonly name: string
+  readonly address: string
+  readonly port: number
+  readonly logPath: string
+  readonly child: ChildProcess
+  readonly ping: (entityId: string, message?: string, timeoutMs?: number) => Promise<PingReply>
+  readonly count: (entityId: string, timeoutMs?: number) => Promise<{ count: number; runner: string }>
+  /** The shards this runner holds (`Sharding.hasShardId`), as "group:id". */
+  readonly shards: () => Promise<Array<string>>
+  readonly log: () => string
+  readonly alive: () => boolean
+  readonly kill: (signal?: NodeJS.Signals) => Promise<void>
+}
+
+export const startRunner = async (options: {
+  readonly name: string
+  readonly endpoints: ReadonlyArray<string>
+  readonly lockExpirationMs: number
+  readonly logDir: string
+  readonly readyTimeoutMs?: number
+}): Promise<RunnerProcess> => {
+  const port = await freePort()
+  const logPath = join(options.logDir, `runner-${options.name}.log`)
+  const log = openSync(logPath, "a")
+  const child = track(fork(runnerScript, [], {
+    stdio: ["ignore", log, log, "ipc"],
+    env: {
+      ...process.env,
+      RUNNER_NAME: options.name,
+      RUNNER_PORT: String(port),
+      RS_ENDPOINTS: options.endpoints.join(","),
+      RS_LOCK_EXPIRATION_MS: String(options.lockExpirationMs)
+    }
+  }))
+  closeSync(log)
+
+  let nextId = 0
+  const pending = new Map<number, { resolve: (v: any) => void; reject: (e: Error) => void }>()
+  let exited = false
+  child.on("message", (message: any) => {
+    if (message?.type !== "reply") return
+    const waiter = pending.get(message.id)
+    if (waiter === undefined) return
+    pending.delete(message.id)
+    if (message.ok) waiter.resolve(message.value)
+    else waiter.reject(new Error(`${options.name}: ${message.error}`))
+  })
+  child.once("exit", (code, signal) => {
+    exited = true
+    for (const waiter of pending.values()) {
+      waiter.reject(new Error(`runner ${options.name} exited (${code ?? signal})`))
+    }
+    pending.clear()
+  })
+
+  const request = <A>(message: object, timeoutMs: number): Promise<A> =>
+    new Promise<A>((resolve, reject) => {
+      if (exited || !child.connected) {
+        reject(new Error(`runner ${options.name} is not running`))
+        return
+      }
+      const id = nextId++
+      const timer = setTimeout(() => {
+        pending.delete(id)
+        reject(new Error(`runner ${options.name}: no reply in ${timeoutMs} ms to ${JSON.stringify(message)}`))
+      }, timeoutMs + 1000)
+      pending.set(id, {
+        resolve: (v) => {
+          clearTimeout(timer)
+          resolve(v)
+        },
+        reject: (e) => {
+          clearTimeout(timer)
+          reject(e)
+        }
+      })
+      child.send({ ...message, id, timeoutMs })
+    })
+
+  const readLog = () => {
+    try {
+      return readFileSync(logPath, "utf8")
+    } catch {
+      return ""
+    }
+  }
+
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`runner ${options.name} not ready in time\n${readLog()}`)),
+      options.readyTimeoutMs ?? 30_000
+    )
+    child.on("message", (message: any) => {
+      if (message?.type === "ready") {
+        clearTimeout(timer)
+        resolve()
+      }
+    })
+    child.once("exit", (code, signal) => {
+      clearTimeout(timer)
+      reject(new Error(`runner ${options.name} exited during start (${code ?? signal})\n${readLog()}`))
+    })
+  })
+
+  return {
+    name: options.name,
+    address: `127.0.0.1:${port}`,
+    port,
+    logPath,
+    child,
+    ping: (entityId, message = "hello", timeoutMs = 10_000) =>
+      request({ type: "ping", entityId, message }, timeoutMs),
+    count: (entityId, timeoutMs = 10_000) => request({ type: "count", entityId }, timeoutMs),
+    shards: () => request<Array<string>>({ type: "shards" }, 5000),
+    log: readLog,
+    alive: () => !exited,
+    kill: async (signal: NodeJS.Signals = "SIGKILL") => {
+      if (exited) return
+      const done = new Promise<void>((r) => child.once("exit", () => r()))
+      child.kill(signal)
+      await Promise.race([done, sleep(20_000)])
+    }
+  }
+}
