@@ -12,12 +12,22 @@
 //! - [`memory`]: the state machine in process memory, with the local clock.
 //! - [`error`], [`limits`], [`clock`]: the error type, every bound, the one clock read.
 
+pub mod cli;
+pub mod client;
 pub mod clock;
+pub mod config;
 pub mod error;
 pub mod interface;
 pub mod limits;
 pub mod memory;
 pub mod model;
+pub mod node;
+pub mod pb;
+// openraft's traits return its StorageError (224 bytes); boxing it at every
+// call site would only add allocations on the storage path.
+#[allow(clippy::result_large_err)]
+pub mod raft;
+pub mod service;
 pub mod state_machine;
 
 pub use error::{Error, Result};

@@ -64,6 +64,13 @@ pub const SNAPSHOT_LOGS_SINCE_LAST_DEFAULT: u64 = 10_000;
 /// Log entries kept behind the last snapshot for slow followers before purge.
 pub const LOGS_KEPT_AFTER_SNAPSHOT_DEFAULT: u64 = 1_000;
 
+/// Log appends waiting for the flusher at once; openraft's own pipeline
+/// bounds how many appends are in flight, this bounds the queue between them.
+pub const LOG_FLUSHES_QUEUED_MAX: usize = 1024;
+
+/// Requests served at once on one client connection; more wait their turn.
+pub const CONCURRENT_REQUESTS_PER_CONNECTION_MAX: usize = 1024;
+
 // The largest legal acquire must fit in one gRPC message, with room for framing.
 const _: () = assert!(SHARD_IDS_PER_CALL_MAX * (SHARD_ID_BYTES_MAX + 8) <= GRPC_MESSAGE_BYTES_MAX / 2);
 // A snapshot chunk plus its envelope must fit in one gRPC message.

@@ -1,0 +1,146 @@
+//! `runner-storage ctl`: inspect and administer a running cluster.
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use crate::client::Client;
+
+/// Where the cluster is and what to do.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// Comma-separated `host:port` endpoints of the cluster's nodes.
+    #[arg(long, env = "RUNNER_STORAGE_ENDPOINTS", default_value = "127.0.0.1:7001", value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// The `ctl` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Every endpoint's view: id, role, term, leader, commit/applied index.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the membership.
+    #[command(subcommand)]
+    Members(MembersCommand),
+    /// Set the cluster-wide lock expiration, in milliseconds.
+    SetExpiration {
+        /// The new expiration, e.g. 35000.
+        lock_expiration_ms: u64,
+    },
+    /// Build a snapshot now on every endpoint.
+    Snapshot,
+}
+
+/// Membership changes.
+#[derive(Debug, Subcommand)]
+pub enum MembersCommand {
+    /// Add a node as a learner (it catches up before this returns).
+    Add {
+        /// The new node's id.
+        node_id: u64,
+        /// Its gRPC address.
+        address: String,
+    },
+    /// Make the listed nodes exactly the voters.
+    SetVoters {
+        /// Voter ids.
+        #[arg(value_delimiter = ',', required = true)]
+        voter_ids: Vec<u64>,
+    },
+    /// Remove a node from the cluster (voter or learner).
+    Remove {
+        /// The node to remove.
+        node_id: u64,
+    },
+}
+
+/// Runs one `ctl` command.
+///
+/// # Errors
+/// When the cluster cannot be reached or refuses the change.
+pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
+    let client = Client::new(args.endpoints.clone())?;
+    match args.command {
+        CtlCommand::Status { json } => print_status(&client, &args.endpoints, json).await,
+        CtlCommand::Members(command) => members(&client, &args.endpoints, command).await,
+        CtlCommand::SetExpiration { lock_expiration_ms } => {
+            client.set_lock_expiration(lock_expiration_ms).await?;
+            println!("lock expiration set to {lock_expiration_ms} ms");
+            Ok(())
+        }
+        CtlCommand::Snapshot => {
+            for endpoint in &args.endpoints {
+                client.trigger_snapshot(endpoint).await.with_context(|| format!("snapshot on {endpoint}"))?;
+                println!("{endpoint}: snapshot triggered");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn print_status(client: &Client, endpoints: &[String], json: bool) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for endpoint in endpoints {
+        let row = match client.status_of(endpoint).await {
+            Ok(status) => serde_json::json!({
+                "endpoint": endpoint, "node_id": status.node_id, "role": status.role, "term": status.term,
+                "leader_id": status.leader_id, "commit_index": status.commit_index,
+                "applied_index": status.applied_index, "lock_expiration_ms": status.lock_expiration_ms,
+            }),
+            Err(error) => serde_json::json!({ "endpoint": endpoint, "error": error.to_string() }),
+        };
+        rows.push(row);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("{:<22} {:>4} {:<10} {:>6} {:>6} {:>8} {:>8}", "ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED");
+    for row in rows {
+        if let Some(error) = row.get("error") {
+            println!("{:<22} unreachable: {}", row["endpoint"].as_str().unwrap_or(""), error.as_str().unwrap_or(""));
+            continue;
+        }
+        println!(
+            "{:<22} {:>4} {:<10} {:>6} {:>6} {:>8} {:>8}",
+            row["endpoint"].as_str().unwrap_or(""),
+            row["node_id"].as_u64().unwrap_or(0),
+            row["role"].as_str().unwrap_or(""),
+            row["term"].as_u64().unwrap_or(0),
+            row["leader_id"].as_u64().unwrap_or(0),
+            row["commit_index"].as_u64().unwrap_or(0),
+            row["applied_index"].as_u64().unwrap_or(0)
+        );
+    }
+    Ok(())
+}
+
+async fn members(client: &Client, endpoints: &[String], command: MembersCommand) -> anyhow::Result<()> {
+    let response = match command {
+        MembersCommand::Add { node_id, address } => client.add_learner(node_id, &address).await?,
+        MembersCommand::SetVoters { voter_ids } => client.change_membership(voter_ids, false).await?,
+        MembersCommand::Remove { node_id } => {
+            let status = first_status(client, endpoints).await?;
+            let voters: Vec<u64> =
+                status.members.iter().filter(|m| m.voter && m.node_id != node_id).map(|m| m.node_id).collect();
+            client.change_membership(voters, true).await?
+        }
+    };
+    println!("voters {:?}, learners {:?} (log index {})", response.voter_ids, response.learner_ids, response.log_index);
+    Ok(())
+}
+
+async fn first_status(client: &Client, endpoints: &[String]) -> anyhow::Result<crate::pb::v1::StatusResponse> {
+    for endpoint in endpoints {
+        if let Ok(status) = client.status_of(endpoint).await {
+            return Ok(status);
+        }
+    }
+    anyhow::bail!("no endpoint answered Status")
+}

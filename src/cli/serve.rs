@@ -1,0 +1,110 @@
+//! `runner-storage serve`: open the data dir, start Raft, bootstrap a new
+//! cluster, serve gRPC until SIGTERM or Ctrl-C, then shut down cleanly.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::config::NodeConfig;
+use crate::node::Node;
+use crate::service;
+use crate::state_machine::Command;
+
+/// How long a freshly bootstrapped node keeps trying to write the
+/// configured initial lock expiration.
+const INITIAL_LOCK_EXPIRATION_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs a node until it is told to stop.
+///
+/// # Errors
+/// A bad config, an unusable data dir, a listen address in use, or a server failure.
+pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = match &config_path {
+        Some(path) => NodeConfig::load(path)?,
+        None => NodeConfig::single_node(),
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (in use?)", config.listen))?;
+    let node = Node::open(&config).await?;
+    let bootstrapped = node.bootstrap_if_pristine(&config).await?;
+    if let (true, Some(expiration)) = (bootstrapped, config.initial_lock_expiration_ms) {
+        tokio::spawn(write_initial_lock_expiration(node.clone(), expiration));
+    }
+    tokio::spawn(log_leader_changes(node.clone()));
+    tracing::info!(
+        node_id = config.node_id,
+        listen = %config.listen,
+        data_dir = %config.data_dir.display(),
+        bootstrapped,
+        "runner-storage node serving"
+    );
+    service::serve(node.clone(), listener, shutdown_signal()).await.context("gRPC server failed")?;
+    tracing::info!(node_id = config.node_id, "shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+/// On a newly bootstrapped cluster, the leader writes the configured lock
+/// expiration once. Every bootstrapping node runs this; the first that is
+/// leader writes it, the others see it applied and stop.
+async fn write_initial_lock_expiration(node: Arc<Node>, lock_expiration_ms: u64) {
+    let deadline = tokio::time::Instant::now() + INITIAL_LOCK_EXPIRATION_DEADLINE;
+    while tokio::time::Instant::now() < deadline {
+        if node.local_view(|applied| applied.state.lock_expiration_ms()) == lock_expiration_ms {
+            return;
+        }
+        if node.is_leader() {
+            match node.write(None, Command::SetLockExpiration { lock_expiration_ms }).await {
+                Ok(_) => {
+                    tracing::info!(lock_expiration_ms, "initial lock expiration written");
+                    return;
+                }
+                Err(error) => tracing::debug!(?error, "initial lock expiration not written yet"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::warn!(lock_expiration_ms, "gave up writing the initial lock expiration");
+}
+
+/// One log line per leader change and per membership change.
+async fn log_leader_changes(node: Arc<Node>) {
+    let mut metrics = node.raft.metrics();
+    let mut last_leader = None;
+    let mut last_membership = None;
+    while metrics.changed().await.is_ok() {
+        let current = metrics.borrow().clone();
+        if current.current_leader != last_leader {
+            tracing::info!(leader = ?current.current_leader, term = current.current_term, "leader changed");
+            last_leader = current.current_leader;
+        }
+        let membership = current.membership_config.log_id().map(|log_id| log_id.index);
+        if membership != last_membership {
+            tracing::info!(membership = %current.membership_config.membership(), "membership changed");
+            last_membership = membership;
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! [`Client`]: the Rust client of a runner-storage cluster, an [`Encoded`]
+//! over gRPC.
+//!
+//! It remembers the leader (from answers and `UNAVAILABLE` leader hints),
+//! retries `UNAVAILABLE` and broken connections across endpoints with
+//! exponential backoff until the call's deadline, and stamps every write
+//! with a [`RequestId`](crate::model::RequestId) that its retries reuse, so
+//! a write is applied once however often it is retried.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::Rng;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::error::{Error, Result};
+use crate::interface::Encoded;
+use crate::limits;
+use crate::pb::admin as admin_pb;
+use crate::pb::v1 as pb;
+use crate::pb::v1::runner_storage_client::RunnerStorageClient;
+use crate::raft::network::peer_channel;
+use crate::service::status::from_status;
+
+/// Default time one call may take, retries included.
+pub const CALL_DEADLINE_DEFAULT: Duration = Duration::from_secs(10);
+/// Longest one attempt may take before the client tries another endpoint:
+/// a paused or partitioned node must not hold the call for its whole deadline.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(4);
+/// First pause between attempts; doubles up to [`BACKOFF_MAX`].
+pub const BACKOFF_INITIAL: Duration = Duration::from_millis(10);
+/// Longest pause between attempts.
+pub const BACKOFF_MAX: Duration = Duration::from_millis(250);
+
+/// A client of one cluster.
+pub struct Client {
+    endpoints: Mutex<Vec<String>>,
+    /// Index into `endpoints` of the node believed to lead.
+    current: Mutex<usize>,
+    channels: Mutex<HashMap<String, Channel>>,
+    client_id: String,
+    next_sequence: AtomicU64,
+    call_deadline: Duration,
+}
+
+impl Client {
+    /// A client of the cluster reachable at `endpoints` (`host:port` each).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `endpoints` is empty or one is not a valid address.
+    pub fn new(endpoints: Vec<String>) -> Result<Self> {
+        Self::with_deadline(endpoints, CALL_DEADLINE_DEFAULT)
+    }
+
+    /// As [`Client::new`], with a per-call deadline.
+    ///
+    /// # Errors
+    /// As [`Client::new`].
+    pub fn with_deadline(endpoints: Vec<String>, call_deadline: Duration) -> Result<Self> {
+        if endpoints.is_empty() {
+            return Err(Error::InvalidArgument("endpoints is empty".into()));
+        }
+        for endpoint in &endpoints {
+            crate::model::RunnerAddress::parse(endpoint)
+                .map_err(|_| Error::InvalidArgument(format!("endpoint {endpoint:?} is not host:port")))?;
+        }
+        let client_id = format!("{:016x}", rand::thread_rng().gen::<u64>());
+        Ok(Client {
+            endpoints: Mutex::new(endpoints),
+            current: Mutex::new(0),
+            channels: Mutex::new(HashMap::new()),
+            client_id,
+            next_sequence: AtomicU64::new(1),
+            call_deadline,
+        })
+    }
+
+    /// This client's id in request ids.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// A request id for one logical write; its retries reuse it.
+    fn request_id(&self) -> Option<pb::RequestId> {
+        let sequence = self.next_sequence.fetch_add(1, Ordering::Relaxed);
+        Some(pb::RequestId { client_id: self.client_id.clone(), sequence })
+    }
+
+    fn current_endpoint(&self) -> String {
+        let endpoints = lock(&self.endpoints);
+        endpoints[*lock(&self.current) % endpoints.len()].clone()
+    }
+
+    /// After a failure at `endpoint`: go to the hinted leader, or to the next endpoint.
+    fn move_on(&self, endpoint: &str, leader_hint: Option<String>) {
+        let mut endpoints = lock(&self.endpoints);
+        let mut current = lock(&self.current);
+        if let Some(hint) = leader_hint.filter(|hint| hint != endpoint) {
+            let index = endpoints.iter().position(|known| *known == hint).unwrap_or_else(|| {
+                endpoints.push(hint);
+                endpoints.len() - 1
+            });
+            *current = index;
+        } else if endpoints.get(*current).is_some_and(|known| known == endpoint) {
+            *current = (*current + 1) % endpoints.len();
+        }
+    }
+
+    fn channel(&self, endpoint: &str) -> Result<Channel> {
+        let mut channels = lock(&self.channels);
+        if let Some(channel) = channels.get(endpoint) {
+            return Ok(channel.clone());
+        }
+        let channel =
+            peer_channel(endpoint).map_err(|e| Error::InvalidArgument(format!("endpoint {endpoint:?}: {e}")))?;
+        channels.insert(endpoint.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Runs `call` against the leader, retrying retryable failures across
+    /// endpoints with backoff until the deadline.
+    ///
+    /// # Errors
+    /// The first non-retryable error, or the last retryable one (as
+    /// `DeadlineExceeded` when time ran out mid-attempt).
+    pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = Instant::now() + self.call_deadline;
+        let mut backoff = BACKOFF_INITIAL;
+        loop {
+            let endpoint = self.current_endpoint();
+            let attempt_timeout = deadline.saturating_duration_since(Instant::now()).min(ATTEMPT_TIMEOUT);
+            let error = match tokio::time::timeout(attempt_timeout, call(self.channel(&endpoint)?)).await {
+                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Err(status)) => from_status(status),
+                Err(_) => Error::unavailable(format!("no answer from {endpoint} within {attempt_timeout:?}")),
+            };
+            let Error::Unavailable { leader_hint, message } = error else {
+                return Err(error);
+            };
+            self.move_on(&endpoint, leader_hint);
+            if Instant::now() + backoff >= deadline {
+                return Err(Error::DeadlineExceeded(format!(
+                    "gave up after {:?}; last error: {message}",
+                    self.call_deadline
+                )));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// `Admin.Status` of the node at `endpoint` (no retries, no redirection).
+    ///
+    /// # Errors
+    /// When the node does not answer.
+    pub async fn status_of(&self, endpoint: &str) -> Result<pb::StatusResponse> {
+        let mut admin = pb::admin_client::AdminClient::new(self.channel(endpoint)?);
+        let request = with_timeout(pb::StatusRequest {}, ATTEMPT_TIMEOUT);
+        admin.status(request).await.map(tonic::Response::into_inner).map_err(from_status)
+    }
+
+    /// Sets the cluster-wide lock expiration.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn set_lock_expiration(&self, lock_expiration_ms: u64) -> Result<()> {
+        let request = pb::SetLockExpirationRequest { lock_expiration_ms };
+        self.call(|channel| {
+            let request = request.clone();
+            async move { pb::admin_client::AdminClient::new(channel).set_lock_expiration(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Adds a node as a learner and waits until it caught up.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn add_learner(&self, node_id: u64, address: &str) -> Result<admin_pb::MembershipResponse> {
+        let request = admin_pb::AddLearnerRequest { node_id, address: address.to_owned() };
+        self.call(|channel| {
+            let request = request.clone();
+            async move { admin_pb::cluster_client::ClusterClient::new(channel).add_learner(request).await }
+        })
+        .await
+    }
+
+    /// Makes `voter_ids` exactly the voters.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn change_membership(
+        &self,
+        voter_ids: Vec<u64>,
+        remove_learners: bool,
+    ) -> Result<admin_pb::MembershipResponse> {
+        let request = admin_pb::ChangeMembershipRequest { voter_ids, remove_learners };
+        self.call(|channel| {
+            let request = request.clone();
+            async move { admin_pb::cluster_client::ClusterClient::new(channel).change_membership(request).await }
+        })
+        .await
+    }
+
+    /// Asks the node at `endpoint` to build a snapshot now.
+    ///
+    /// # Errors
+    /// When the node does not answer.
+    pub async fn trigger_snapshot(&self, endpoint: &str) -> Result<()> {
+        let mut cluster = admin_pb::cluster_client::ClusterClient::new(self.channel(endpoint)?);
+        let request = with_timeout(admin_pb::TriggerSnapshotRequest {}, ATTEMPT_TIMEOUT);
+        cluster.trigger_snapshot(request).await.map(|_| ()).map_err(from_status)
+    }
+
+    async fn runner_call<M, T, F, Fut>(&self, message: M, send: F) -> Result<T>
+    where
+        M: Clone,
+        F: Fn(RunnerStorageClient<Channel>, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call(|channel| {
+            let client = RunnerStorageClient::new(channel)
+                .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
+            send(client, with_timeout(message.clone(), ATTEMPT_TIMEOUT))
+        })
+        .await
+    }
+}
+
+fn with_timeout<M>(message: M, timeout: Duration) -> tonic::Request<M> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[async_trait]
+impl Encoded for Client {
+    async fn get_runners(&self) -> Result<Vec<(String, bool)>> {
+        let response =
+            self.runner_call(pb::GetRunnersRequest {}, |mut c, r| async move { c.get_runners(r).await }).await?;
+        Ok(response.runners.into_iter().map(|entry| (entry.runner, entry.healthy)).collect())
+    }
+
+    async fn register(&self, address: &str, runner: &str, healthy: bool) -> Result<i64> {
+        let message =
+            pb::RegisterRequest { address: address.into(), runner: runner.into(), healthy, request_id: self.request_id() };
+        Ok(self.runner_call(message, |mut c, r| async move { c.register(r).await }).await?.machine_id)
+    }
+
+    async fn unregister(&self, address: &str) -> Result<()> {
+        let message = pb::UnregisterRequest { address: address.into(), request_id: self.request_id() };
+        self.runner_call(message, |mut c, r| async move { c.unregister(r).await }).await.map(|_| ())
+    }
+
+    async fn set_runner_health(&self, address: &str, healthy: bool) -> Result<()> {
+        let message = pb::SetRunnerHealthRequest { address: address.into(), healthy, request_id: self.request_id() };
+        self.runner_call(message, |mut c, r| async move { c.set_runner_health(r).await }).await.map(|_| ())
+    }
+
+    async fn acquire(&self, address: &str, shard_ids: &[String]) -> Result<Vec<String>> {
+        let message =
+            pb::AcquireRequest { address: address.into(), shard_ids: shard_ids.to_vec(), request_id: self.request_id() };
+        Ok(self.runner_call(message, |mut c, r| async move { c.acquire(r).await }).await?.shard_ids)
+    }
+
+    async fn refresh(&self, address: &str, shard_ids: &[String]) -> Result<Vec<String>> {
+        let message =
+            pb::RefreshRequest { address: address.into(), shard_ids: shard_ids.to_vec(), request_id: self.request_id() };
+        Ok(self.runner_call(message, |mut c, r| async move { c.refresh(r).await }).await?.shard_ids)
+    }
+
+    async fn release(&self, address: &str, shard_id: &str) -> Result<()> {
+        let message =
+            pb::ReleaseRequest { address: address.into(), shard_id: shard_id.into(), request_id: self.request_id() };
+        self.runner_call(message, |mut c, r| async move { c.release(r).await }).await.map(|_| ())
+    }
+
+    async fn release_all(&self, address: &str) -> Result<()> {
+        let message = pb::ReleaseAllRequest { address: address.into(), request_id: self.request_id() };
+        self.runner_call(message, |mut c, r| async move { c.release_all(r).await }).await.map(|_| ())
+    }
+}

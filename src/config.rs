@@ -1,0 +1,212 @@
+//! [`NodeConfig`]: what one node needs to run, loaded from TOML, with
+//! defaults and a `validate()` that checks how the fields relate.
+//!
+//! ```toml
+//! node_id = 1
+//! listen = "127.0.0.1:7001"          # gRPC: client API, Admin, Raft
+//! data_dir = "data/node1"
+//! initial_lock_expiration_ms = 35000 # E written at bootstrap (optional)
+//! [[peers]]                          # initial membership, this node included
+//! id = 1
+//! address = "127.0.0.1:7001"
+//! [raft]                             # optional; defaults below
+//! heartbeat_interval_ms = 100
+//! election_timeout_min_ms = 400
+//! election_timeout_max_ms = 800
+//! ```
+//! A node with no `peers` starts empty and waits to be added to a running
+//! cluster (`ctl members add`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context};
+use serde::Deserialize;
+
+use crate::limits;
+
+/// One member of the initial cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    /// The member's node id (at least 1).
+    pub id: u64,
+    /// Its gRPC address as the other nodes and clients reach it.
+    pub address: String,
+}
+
+/// Raft timing and log compaction.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTuning {
+    /// How often the leader sends heartbeats.
+    pub heartbeat_interval_ms: u64,
+    /// Shortest time a follower waits without a heartbeat before an election.
+    pub election_timeout_min_ms: u64,
+    /// Longest such time; the timeout is drawn between the two.
+    pub election_timeout_max_ms: u64,
+    /// Entries applied since the last snapshot before a new one is built.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log behind the snapshot for slow followers.
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_logs_since_last: limits::SNAPSHOT_LOGS_SINCE_LAST_DEFAULT,
+            logs_kept_after_snapshot: limits::LOGS_KEPT_AFTER_SNAPSHOT_DEFAULT,
+        }
+    }
+}
+
+/// Everything one node needs to run.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id (at least 1).
+    pub node_id: u64,
+    /// Socket address the gRPC server binds.
+    pub listen: SocketAddr,
+    /// Directory of this node's sled database.
+    pub data_dir: PathBuf,
+    /// The initial membership; empty for a node that joins a running cluster.
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+    /// The lock expiration written when this node bootstraps the cluster.
+    #[serde(default)]
+    pub initial_lock_expiration_ms: Option<u64>,
+    /// Raft timing and compaction.
+    #[serde(default)]
+    pub raft: RaftTuning,
+}
+
+impl NodeConfig {
+    /// The embedded default: a one-node cluster on 127.0.0.1:7001 with data in `./data`.
+    pub fn single_node() -> Self {
+        let listen: SocketAddr = "127.0.0.1:7001".parse().expect("a literal socket address");
+        NodeConfig {
+            node_id: 1,
+            listen,
+            data_dir: PathBuf::from("data"),
+            peers: vec![Peer { id: 1, address: listen.to_string() }],
+            initial_lock_expiration_ms: None,
+            raft: RaftTuning::default(),
+        }
+    }
+
+    /// Reads and validates a TOML config file.
+    ///
+    /// # Errors
+    /// When the file cannot be read, is not valid TOML for this schema, or fails [`NodeConfig::validate`].
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let config: NodeConfig = toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        config.validate().with_context(|| format!("invalid config {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// The address other nodes and clients use for this node: its `peers`
+    /// entry when it has one, else `listen`.
+    pub fn advertised_address(&self) -> String {
+        self.peers.iter().find(|peer| peer.id == self.node_id).map_or_else(|| self.listen.to_string(), |peer| peer.address.clone())
+    }
+
+    /// Checks each field and how fields relate.
+    ///
+    /// # Errors
+    /// Naming the first field that is wrong.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        ensure!(self.node_id >= 1, "node_id must be at least 1");
+        ensure!(!self.data_dir.as_os_str().is_empty(), "data_dir is empty");
+        let mut ids = std::collections::BTreeSet::new();
+        for peer in &self.peers {
+            ensure!(peer.id >= 1, "peers: id must be at least 1");
+            ensure!(ids.insert(peer.id), "peers: node id {} appears twice", peer.id);
+            crate::model::RunnerAddress::parse(&peer.address)
+                .map_err(|_| anyhow::anyhow!("peers: address {:?} of node {} is not host:port", peer.address, peer.id))?;
+        }
+        if !self.peers.is_empty() && !ids.contains(&self.node_id) {
+            bail!("peers must include this node (node_id {}) or be empty for a joining node", self.node_id);
+        }
+        if let Some(expiration) = self.initial_lock_expiration_ms {
+            ensure!(
+                (1..=limits::LOCK_EXPIRATION_MS_MAX).contains(&expiration),
+                "initial_lock_expiration_ms must be in 1..={}",
+                limits::LOCK_EXPIRATION_MS_MAX
+            );
+        }
+        self.raft.validate()
+    }
+}
+
+impl RaftTuning {
+    fn validate(&self) -> anyhow::Result<()> {
+        ensure!(self.heartbeat_interval_ms >= 1, "raft.heartbeat_interval_ms must be at least 1");
+        ensure!(
+            self.election_timeout_min_ms > self.heartbeat_interval_ms * 2,
+            "raft.election_timeout_min_ms ({}) must be more than twice raft.heartbeat_interval_ms ({})",
+            self.election_timeout_min_ms,
+            self.heartbeat_interval_ms
+        );
+        ensure!(
+            self.election_timeout_max_ms > self.election_timeout_min_ms,
+            "raft.election_timeout_max_ms must be more than raft.election_timeout_min_ms"
+        );
+        ensure!(self.snapshot_logs_since_last >= 1, "raft.snapshot_logs_since_last must be at least 1");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<NodeConfig> {
+        let config: NodeConfig = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    const VALID: &str = r#"
+        node_id = 2
+        listen = "127.0.0.1:7002"
+        data_dir = "d"
+        [[peers]]
+        id = 1
+        address = "127.0.0.1:7001"
+        [[peers]]
+        id = 2
+        address = "127.0.0.1:7002"
+    "#;
+
+    #[test]
+    fn valid_config_loads_with_defaults() {
+        let config = parse(VALID).unwrap();
+        assert_eq!(config.advertised_address(), "127.0.0.1:7002");
+        assert_eq!(config.raft, RaftTuning::default());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (VALID.replace("node_id = 2", "node_id = 3"), "peers must include this node"),
+            (VALID.replace("id = 1", "id = 2"), "appears twice"),
+            (VALID.replace("\"127.0.0.1:7001\"", "\"nope\""), "not host:port"),
+            (format!("{VALID}\n[raft]\nheartbeat_interval_ms = 500"), "election_timeout_min_ms"),
+            (VALID.replace("data_dir", "data_directory"), "unknown field"),
+        ];
+        for (text, expected) in cases {
+            let error = format!("{:#}", parse(&text).unwrap_err());
+            assert!(error.contains(expected), "{expected:?} not in {error:?}");
+        }
+    }
+
+    #[test]
+    fn single_node_default_is_valid() {
+        NodeConfig::single_node().validate().unwrap();
+    }
+}

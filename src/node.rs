@@ -1,0 +1,284 @@
+//! [`Node`]: one running runner-storage node: its Raft, stores and the two
+//! operations the services build on, [`Node::write`] and [`Node::read`].
+//!
+//! `write` validates, stamps the leader's clock (the only clock read on the
+//! write path) and proposes through Raft; `read` passes openraft's
+//! linearizable read barrier and reads the applied state at
+//! `max(state now, leader clock)`. Either answers [`CallError::NotLeader`]
+//! on a node that is not the leader, for the service to forward.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ServerState};
+
+use crate::clock::wall_clock_ms;
+use crate::config::NodeConfig;
+use crate::error::Error;
+use crate::model::RequestId;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::Network;
+use crate::raft::sm_store::{AppliedState, StateMachineStore};
+use crate::raft::typ::ForwardToLeader;
+use crate::raft::{NodeId, Raft};
+use crate::service::forward::Forwarder;
+use crate::state_machine::{Command, Envelope, Reply, State};
+
+/// Longest a write or read waits for Raft (commit, or the read barrier)
+/// before answering `UNAVAILABLE`: an isolated leader cannot commit, and the
+/// client should try elsewhere rather than wait for the partition to heal.
+pub const RAFT_CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why a call was not answered here.
+#[derive(Debug)]
+pub enum CallError {
+    /// This node is not the leader; `leader_address` is the one it knows.
+    NotLeader {
+        /// The leader's gRPC address, when known.
+        leader_address: Option<String>,
+    },
+    /// The call failed.
+    Failed(Error),
+}
+
+impl From<Error> for CallError {
+    fn from(error: Error) -> Self {
+        CallError::Failed(error)
+    }
+}
+
+/// One running node.
+pub struct Node {
+    /// This node's id.
+    pub id: NodeId,
+    /// Its Raft.
+    pub raft: Raft,
+    /// The applied state, shared with the Raft state machine.
+    pub state_machine: StateMachineStore,
+    /// Channels to the leader for forwarded calls.
+    pub forwarder: Forwarder,
+    committed_index: Arc<AtomicU64>,
+    db: sled::Db,
+}
+
+fn not_leader(forward: ForwardToLeader) -> CallError {
+    CallError::NotLeader { leader_address: forward.leader_node.map(|node| node.addr) }
+}
+
+impl Node {
+    /// Opens the data dir and starts Raft (not the gRPC server).
+    ///
+    /// # Errors
+    /// When the data dir cannot be created or opened (in use by another
+    /// process, not writable, corrupt), or openraft rejects the config.
+    pub async fn open(config: &NodeConfig) -> anyhow::Result<Arc<Node>> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+        let db = sled::Config::new()
+            .path(&config.data_dir)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .with_context(|| format!("cannot open data_dir {} (in use by another node?)", config.data_dir.display()))?;
+        let log_store = LogStore::open(&db).context("cannot open the Raft log")?;
+        let state_machine = StateMachineStore::open(&db, State::default()).context("cannot open the state machine")?;
+        let raft_config = Arc::new(raft_config(config)?);
+        let committed_index = log_store.committed_index();
+        let raft = Raft::new(config.node_id, raft_config, Network, log_store, state_machine.clone())
+            .await
+            .context("cannot start Raft")?;
+        Ok(Arc::new(Node { id: config.node_id, raft, state_machine, forwarder: Forwarder::default(), committed_index, db }))
+    }
+
+    /// Initialises a pristine node with the configured peers. Every node of a
+    /// new cluster does this with the same membership, which openraft allows.
+    /// Returns whether this call initialised it.
+    ///
+    /// # Errors
+    /// When openraft fails to initialise for another reason than being initialised already.
+    pub async fn bootstrap_if_pristine(&self, config: &NodeConfig) -> anyhow::Result<bool> {
+        if config.peers.is_empty() || self.raft.is_initialized().await.context("reading Raft state")? {
+            return Ok(false);
+        }
+        let members: BTreeMap<NodeId, BasicNode> =
+            config.peers.iter().map(|peer| (peer.id, BasicNode::new(peer.address.clone()))).collect();
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(true),
+            Err(RaftError::APIError(error)) => {
+                tracing::info!(%error, "already initialised");
+                Ok(false)
+            }
+            Err(error) => Err(error).context("cannot initialise the cluster"),
+        }
+    }
+
+    /// Proposes `command` (validated first) stamped with this node's clock.
+    ///
+    /// # Errors
+    /// [`CallError::NotLeader`] on a follower; [`CallError::Failed`] with
+    /// `InvalidArgument` before proposing bad input, the state machine's
+    /// refusal, or `Unavailable` when Raft cannot commit in time.
+    pub async fn write(&self, request_id: Option<RequestId>, command: Command) -> Result<Reply, CallError> {
+        command.validate()?;
+        if let Some(request_id) = &request_id {
+            request_id.validate()?;
+        }
+        let envelope = Envelope { time_ms: wall_clock_ms(), request_id, command };
+        let written = tokio::time::timeout(RAFT_CALL_TIMEOUT, self.raft.client_write(envelope))
+            .await
+            .map_err(|_| Error::unavailable("the write was not committed in time (no quorum?); its outcome is unknown"))?;
+        match written {
+            Ok(response) => Ok(response.data.into_result()?),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => Err(not_leader(forward)),
+            Err(RaftError::APIError(error)) => Err(Error::unavailable(error.to_string()).into()),
+            Err(RaftError::Fatal(fatal)) => Err(Error::unavailable(format!("this node has stopped: {fatal}")).into()),
+        }
+    }
+
+    /// Passes the linearizable read barrier, then runs `read` on the applied
+    /// state with `now = max(state now, this node's clock)`.
+    ///
+    /// # Errors
+    /// [`CallError::NotLeader`] on a follower; `Unavailable` without quorum.
+    pub async fn read<T>(&self, read: impl FnOnce(&State, u64) -> T) -> Result<T, CallError> {
+        let barrier = tokio::time::timeout(RAFT_CALL_TIMEOUT, self.raft.ensure_linearizable())
+            .await
+            .map_err(|_| Error::unavailable("the read barrier did not pass in time (no quorum?)"))?;
+        match barrier {
+            Ok(_) => {
+                let applied = self.state_machine.read();
+                let now_ms = applied.state.now_ms().max(wall_clock_ms());
+                Ok(read(&applied.state, now_ms))
+            }
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(not_leader(forward))
+            }
+            Err(RaftError::APIError(error)) => Err(Error::unavailable(error.to_string()).into()),
+            Err(RaftError::Fatal(fatal)) => Err(Error::unavailable(format!("this node has stopped: {fatal}")).into()),
+        }
+    }
+
+    /// Reads this node's own view of the applied state, with no barrier.
+    pub fn local_view<T>(&self, read: impl FnOnce(&AppliedState) -> T) -> T {
+        read(&self.state_machine.read())
+    }
+
+    /// The index of the last entry this node knows to be committed.
+    pub fn committed_index(&self) -> u64 {
+        self.committed_index.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the data dir takes, by sled's estimate.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Whether this node currently leads.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// The voter ids of the current membership.
+    pub fn voter_ids(&self) -> BTreeSet<NodeId> {
+        self.raft.metrics().borrow().membership_config.membership().voter_ids().collect()
+    }
+
+    /// Stops Raft and flushes the data dir.
+    pub async fn shutdown(&self) {
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(%error, "raft shutdown");
+        }
+        if let Err(error) = self.db.flush_async().await {
+            tracing::error!(%error, "final flush of the data dir failed");
+        }
+    }
+}
+
+fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
+    let tuning = &config.raft;
+    let raft_config = openraft::Config {
+        cluster_name: "runner-storage".into(),
+        heartbeat_interval: tuning.heartbeat_interval_ms,
+        election_timeout_min: tuning.election_timeout_min_ms,
+        election_timeout_max: tuning.election_timeout_max_ms,
+        install_snapshot_timeout: 5_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(tuning.snapshot_logs_since_last),
+        max_in_snapshot_log_to_keep: tuning.logs_kept_after_snapshot,
+        snapshot_max_chunk_size: crate::limits::SNAPSHOT_CHUNK_BYTES as u64,
+        ..Default::default()
+    };
+    raft_config.validate().context("invalid Raft settings")
+}
+
+/// Longest a membership change waits: adding a learner waits for it to
+/// catch up, which may mean sending a whole snapshot.
+pub const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The membership after a change: log index, voters, learners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipView {
+    /// Log index of the membership entry.
+    pub log_index: u64,
+    /// Voting members.
+    pub voter_ids: Vec<NodeId>,
+    /// Non-voting members.
+    pub learner_ids: Vec<NodeId>,
+}
+
+impl Node {
+    /// Adds `node_id` at `address` as a learner and waits until it caught up.
+    ///
+    /// # Errors
+    /// As [`Node::write`].
+    pub async fn add_learner(&self, node_id: NodeId, address: String) -> Result<MembershipView, CallError> {
+        if node_id == 0 {
+            return Err(Error::InvalidArgument("node_id must be at least 1".into()).into());
+        }
+        crate::model::RunnerAddress::parse(&address)
+            .map_err(|_| Error::InvalidArgument(format!("address {address:?} is not host:port")))?;
+        let change = self.raft.add_learner(node_id, BasicNode::new(address), true);
+        Self::membership_result(tokio::time::timeout(MEMBERSHIP_CHANGE_TIMEOUT, change).await)
+    }
+
+    /// Makes `voter_ids` exactly the voters; keeps other members as learners
+    /// unless `remove_learners`.
+    ///
+    /// # Errors
+    /// As [`Node::write`]; `InvalidArgument` for an empty voter set.
+    pub async fn change_membership(
+        &self,
+        voter_ids: BTreeSet<NodeId>,
+        remove_learners: bool,
+    ) -> Result<MembershipView, CallError> {
+        if voter_ids.is_empty() {
+            return Err(Error::InvalidArgument("voter_ids is empty".into()).into());
+        }
+        let change = self.raft.change_membership(voter_ids, !remove_learners);
+        Self::membership_result(tokio::time::timeout(MEMBERSHIP_CHANGE_TIMEOUT, change).await)
+    }
+
+    fn membership_result(
+        result: Result<
+            Result<openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>, crate::raft::typ::RaftError<crate::raft::typ::ClientWriteError>>,
+            tokio::time::error::Elapsed,
+        >,
+    ) -> Result<MembershipView, CallError> {
+        let written = result.map_err(|_| Error::unavailable("the membership change did not finish in time"))?;
+        match written {
+            Ok(response) => {
+                let membership = response.membership.unwrap_or_default();
+                let voter_ids: Vec<NodeId> = membership.voter_ids().collect();
+                let learner_ids = membership.learner_ids().collect();
+                Ok(MembershipView { log_index: response.log_id.index, voter_ids, learner_ids })
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => Err(not_leader(forward)),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error))) => {
+                Err(Error::FailedPrecondition(error.to_string()).into())
+            }
+            Err(RaftError::Fatal(fatal)) => Err(Error::unavailable(format!("this node has stopped: {fatal}")).into()),
+        }
+    }
+}

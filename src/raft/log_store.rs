@@ -1,0 +1,202 @@
+//! [`LogStore`]: openraft's `RaftLogStorage` on sled: the log, the vote and
+//! the committed/purged markers.
+//!
+//! Durability: an append is acknowledged to openraft (through its
+//! `LogFlushed` callback) only after sled has flushed it to disk. Appends are
+//! written at once and their callbacks handed to one flusher task, which
+//! flushes once for every callback waiting: group commit, one fsync per
+//! batch however many appends arrived while the previous fsync ran. The
+//! vote is flushed before `save_vote` returns.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{AnyError, ErrorSubject, ErrorVerb, LogId, OptionalSend, StorageError, StorageIOError, Vote};
+use tokio::sync::mpsc;
+
+use super::sled_schema::{self as schema, decode, encode};
+use super::{NodeId, TypeConfig};
+use crate::limits;
+
+type Entry = openraft::Entry<TypeConfig>;
+
+/// The Raft log, vote and markers of one node, in sled.
+#[derive(Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    logs: sled::Tree,
+    meta: sled::Tree,
+    flush_requests: mpsc::Sender<LogFlushed<TypeConfig>>,
+    committed_index: Arc<AtomicU64>,
+}
+
+impl LogStore {
+    /// Opens the log trees of `db` and starts the flusher task.
+    ///
+    /// # Errors
+    /// When sled cannot open the trees or the stored markers do not decode.
+    pub fn open(db: &sled::Db) -> Result<Self, StorageError<NodeId>> {
+        let logs = db.open_tree(schema::LOGS).map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?;
+        let meta = db.open_tree(schema::META).map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?;
+        let (flush_requests, flush_queue) = mpsc::channel(limits::LOG_FLUSHES_QUEUED_MAX);
+        tokio::spawn(run_flusher(db.clone(), flush_queue));
+        let store = LogStore { db: db.clone(), logs, meta, flush_requests, committed_index: Arc::new(AtomicU64::new(0)) };
+        let committed = store.read_meta::<Option<LogId<NodeId>>>(schema::COMMITTED_KEY)?.flatten();
+        store.committed_index.store(committed.map_or(0, |log_id| log_id.index), Ordering::Relaxed);
+        Ok(store)
+    }
+
+    /// The index of the last log id saved as committed (0 before any).
+    pub fn committed_index(&self) -> Arc<AtomicU64> {
+        self.committed_index.clone()
+    }
+
+    /// Bytes the log trees take on disk, roughly (sled's own estimate of the database).
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
+        let bytes = self.meta.get(key).map_err(|e| meta_error(key, ErrorVerb::Read, &e))?;
+        bytes.map(|bytes| decode(&bytes).map_err(|e| meta_error(key, ErrorVerb::Read, &e))).transpose()
+    }
+
+    async fn write_meta<T: serde::Serialize>(&self, key: &[u8], value: &T, flush: bool) -> Result<(), StorageError<NodeId>> {
+        let bytes = encode(value).map_err(|e| meta_error(key, ErrorVerb::Write, &e))?;
+        self.meta.insert(key, bytes).map_err(|e| meta_error(key, ErrorVerb::Write, &e))?;
+        if flush {
+            self.db.flush_async().await.map_err(|e| meta_error(key, ErrorVerb::Write, &e))?;
+        }
+        Ok(())
+    }
+
+    fn last_entry_log_id(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        let last = self.logs.last().map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?;
+        last.map(|(_, bytes)| decode_entry(&bytes).map(|entry| entry.log_id)).transpose()
+    }
+
+    /// Removes every entry with index in `range` (a sled batch: all or nothing).
+    fn remove_range(&self, range: impl RangeBounds<u64>) -> Result<(), StorageError<NodeId>> {
+        let mut batch = sled::Batch::default();
+        for key in self.logs.range(key_range(range)).keys() {
+            batch.remove(key.map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?);
+        }
+        self.logs.apply_batch(batch).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)).into())
+    }
+}
+
+fn meta_error(key: &[u8], verb: ErrorVerb, error: &(impl std::error::Error + 'static)) -> StorageError<NodeId> {
+    let subject = match key {
+        schema::VOTE_KEY => ErrorSubject::Vote,
+        _ => ErrorSubject::Store,
+    };
+    StorageIOError::new(subject, verb, AnyError::new(error)).into()
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError<NodeId>> {
+    decode(bytes).map_err(|e| StorageIOError::read_logs(AnyError::new(&e)).into())
+}
+
+fn key_range(range: impl RangeBounds<u64>) -> (Bound<[u8; 8]>, Bound<[u8; 8]>) {
+    let map = |bound: Bound<&u64>| match bound {
+        Bound::Included(index) => Bound::Included(schema::index_key(*index)),
+        Bound::Excluded(index) => Bound::Excluded(schema::index_key(*index)),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    (map(range.start_bound()), map(range.end_bound()))
+}
+
+/// Flushes sled once for every batch of waiting append callbacks, then
+/// completes them in order. Ends when every [`LogStore`] clone is dropped.
+async fn run_flusher(db: sled::Db, mut queue: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    let mut waiting = Vec::with_capacity(limits::LOG_FLUSHES_QUEUED_MAX);
+    while queue.recv_many(&mut waiting, limits::LOG_FLUSHES_QUEUED_MAX).await > 0 {
+        let flushed = db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
+        for callback in waiting.drain(..) {
+            let result = flushed.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
+            callback.log_io_completed(result);
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        let mut entries = Vec::new();
+        for item in self.logs.range(key_range(range)) {
+            let (_, bytes) = item.map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?;
+            entries.push(decode_entry(&bytes)?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let last_purged_log_id = self.read_meta::<LogId<NodeId>>(schema::LAST_PURGED_KEY)?;
+        let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.write_meta(schema::VOTE_KEY, vote, true).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        self.read_meta(schema::VOTE_KEY)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
+        // Not flushed: a lost committed marker only means re-applying from the
+        // snapshot up to a smaller index, which openraft handles.
+        self.write_meta(schema::COMMITTED_KEY, &committed, false).await?;
+        self.committed_index.store(committed.map_or(0, |log_id| log_id.index), Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(self.read_meta::<Option<LogId<NodeId>>>(schema::COMMITTED_KEY)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes = encode(&entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, AnyError::new(&e)))?;
+            batch.insert(&schema::index_key(entry.log_id.index), bytes);
+        }
+        self.logs.apply_batch(batch).map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+        self.flush_requests
+            .send(callback)
+            .await
+            .map_err(|_| StorageIOError::write_logs(AnyError::error("the log flusher task has stopped")))?;
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.remove_range(log_id.index..)?;
+        self.db.flush_async().await.map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        // Record the purge point first: a crash between the two steps leaves
+        // entries below it, which are ignored, never a gap that is not recorded.
+        self.write_meta(schema::LAST_PURGED_KEY, &log_id, true).await?;
+        self.remove_range(..=log_id.index)
+    }
+}

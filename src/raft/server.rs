@@ -1,0 +1,46 @@
+//! The server side of Raft traffic: a tonic service that decodes openraft's
+//! messages from peers, hands them to the local Raft, and encodes its answer.
+
+use serde::{de::DeserializeOwned, Serialize};
+use tonic::{Request, Response, Status};
+
+use super::Raft;
+use crate::pb::raft::raft_server;
+use crate::pb::raft::RaftPayload;
+
+/// The `runner_storage.raft.v1.Raft` service of one node.
+pub struct RaftService {
+    raft: Raft,
+}
+
+impl RaftService {
+    /// A service feeding `raft`.
+    pub fn new(raft: Raft) -> Self {
+        RaftService { raft }
+    }
+}
+
+fn decode<T: DeserializeOwned>(request: Request<RaftPayload>) -> Result<T, Status> {
+    postcard::from_bytes(&request.into_inner().data)
+        .map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
+}
+
+fn encode<T: Serialize>(answer: &T) -> Result<Response<RaftPayload>, Status> {
+    let data = postcard::to_allocvec(answer).map_err(|e| Status::internal(format!("unencodable Raft answer: {e}")))?;
+    Ok(Response::new(RaftPayload { data }))
+}
+
+#[tonic::async_trait]
+impl raft_server::Raft for RaftService {
+    async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        encode(&self.raft.append_entries(decode(request)?).await)
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        encode(&self.raft.vote(decode(request)?).await)
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        encode(&self.raft.install_snapshot(decode(request)?).await)
+    }
+}

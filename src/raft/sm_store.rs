@@ -1,0 +1,186 @@
+//! [`StateMachineStore`]: openraft's `RaftStateMachine`: applies committed
+//! entries to the pure [`State`] and keeps snapshots of it in sled.
+//!
+//! The state lives in memory; what is on disk is the latest snapshot. After
+//! a restart the node loads that snapshot and openraft re-applies the
+//! committed log entries after it, so snapshots (every
+//! `snapshot_logs_since_last` entries) bound both disk use and restart time.
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+
+use super::sled_schema::{self as schema, decode, encode};
+use super::{Node, NodeId, TypeConfig};
+use crate::state_machine::{Reply, State};
+
+type Entry = openraft::Entry<TypeConfig>;
+
+/// What a snapshot holds: the state and the Raft position it reflects.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AppliedState {
+    /// The last log id applied to `state`.
+    pub last_applied: Option<LogId<NodeId>>,
+    /// The last membership applied.
+    pub last_membership: StoredMembership<NodeId, Node>,
+    /// The runner-storage state.
+    pub state: State,
+}
+
+/// The state machine of one node, shared with the gRPC service for reads.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    applied: Arc<RwLock<AppliedState>>,
+    db: sled::Db,
+    snapshots: sled::Tree,
+    snapshots_built: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl StateMachineStore {
+    /// Opens the snapshot tree of `db` and restores the latest snapshot, if any.
+    ///
+    /// # Errors
+    /// When sled fails or the stored snapshot does not decode.
+    pub fn open(db: &sled::Db, initial_state: State) -> Result<Self, StorageError<NodeId>> {
+        let snapshots = db.open_tree(schema::SNAPSHOTS).map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
+        let applied = match snapshots.get(schema::SNAPSHOT_DATA_KEY).map_err(|e| read_error(&e))? {
+            Some(bytes) => decode::<AppliedState>(&bytes).map_err(|e| read_error(&e))?,
+            None => AppliedState { state: initial_state, ..AppliedState::default() },
+        };
+        Ok(StateMachineStore {
+            applied: Arc::new(RwLock::new(applied)),
+            db: db.clone(),
+            snapshots,
+            snapshots_built: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        })
+    }
+
+    /// Reads the applied state. Keep the guard short: applying waits for it.
+    pub fn read(&self) -> RwLockReadGuard<'_, AppliedState> {
+        // A panic while applying would have stopped the node; reads of what
+        // was applied before it are still correct.
+        self.applied.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, AppliedState> {
+        self.applied.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn save_snapshot(&self, meta: &SnapshotMeta<NodeId, Node>, data: &[u8]) -> Result<(), StorageError<NodeId>> {
+        let signature = Some(meta.signature());
+        let meta_bytes = encode(meta).map_err(|e| StorageIOError::write_snapshot(signature.clone(), AnyError::new(&e)))?;
+        let mut batch = sled::Batch::default();
+        batch.insert(schema::SNAPSHOT_META_KEY, meta_bytes);
+        batch.insert(schema::SNAPSHOT_DATA_KEY, data);
+        self.snapshots.apply_batch(batch).map_err(|e| StorageIOError::write_snapshot(signature.clone(), AnyError::new(&e)))?;
+        self.db.flush_async().await.map_err(|e| StorageIOError::write_snapshot(signature, AnyError::new(&e)))?;
+        Ok(())
+    }
+}
+
+fn read_error(error: &(impl std::error::Error + 'static)) -> StorageError<NodeId> {
+    StorageIOError::read_snapshot(None, AnyError::new(error)).into()
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let (data, last_log_id, last_membership) = {
+            let applied = self.read();
+            let data = encode(&*applied).map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;
+            (data, applied.last_applied, applied.last_membership.clone())
+        };
+        let count = self.snapshots_built.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let snapshot_id = match last_log_id {
+            Some(log_id) => format!("{}-{}-{count}", log_id.leader_id, log_id.index),
+            None => format!("empty-{count}"),
+        };
+        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
+        self.save_snapshot(&meta, &data).await?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>), StorageError<NodeId>> {
+        let applied = self.read();
+        Ok((applied.last_applied, applied.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut applied = self.write();
+        let mut replies = Vec::new();
+        for entry in entries {
+            let expected_index = applied.last_applied.map_or(0, |log_id| log_id.index + 1);
+            if entry.log_id.index != expected_index && applied.last_applied.is_some() {
+                let message = format!("applying entry {} after {:?}: entries must be consecutive", entry.log_id, applied.last_applied);
+                return Err(StorageIOError::apply(entry.log_id, AnyError::error(message)).into());
+            }
+            applied.last_applied = Some(entry.log_id);
+            let reply = match entry.payload {
+                EntryPayload::Blank => Reply::Done,
+                EntryPayload::Normal(envelope) => applied.state.apply(&envelope),
+                EntryPayload::Membership(membership) => {
+                    applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+                    Reply::Done
+                }
+            };
+            replies.push(reply);
+        }
+        debug_assert!({
+            applied.state.check_invariants();
+            true
+        });
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let data = snapshot.into_inner();
+        let signature = Some(meta.signature());
+        let installed: AppliedState =
+            decode(&data).map_err(|e| StorageIOError::read_snapshot(signature.clone(), AnyError::new(&e)))?;
+        if installed.last_applied != meta.last_log_id {
+            let message = format!("snapshot holds {:?} but its meta says {:?}", installed.last_applied, meta.last_log_id);
+            return Err(StorageIOError::read_snapshot(signature, AnyError::error(message)).into());
+        }
+        self.save_snapshot(meta, &data).await?;
+        *self.write() = installed;
+        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let Some(meta_bytes) = self.snapshots.get(schema::SNAPSHOT_META_KEY).map_err(|e| read_error(&e))? else {
+            return Ok(None);
+        };
+        let meta: SnapshotMeta<NodeId, Node> = decode(&meta_bytes).map_err(|e| read_error(&e))?;
+        let data = self.snapshots.get(schema::SNAPSHOT_DATA_KEY).map_err(|e| read_error(&e))?.unwrap_or_default();
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data.to_vec())) }))
+    }
+}

@@ -1,0 +1,140 @@
+//! Administration: `runner_storage.v1.Admin` (status, lock expiration) and
+//! `runner_storage.admin.v1.Cluster` (membership, snapshots).
+//!
+//! `Status` and `TriggerSnapshot` answer from the node that receives them;
+//! everything that changes the cluster goes to the leader.
+
+use std::sync::Arc;
+
+use openraft::ServerState;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use super::answer_or_forward;
+use crate::memory::replies;
+use crate::node::{MembershipView, Node};
+use crate::pb::admin as admin_pb;
+use crate::pb::v1 as pb;
+use crate::state_machine::Command;
+
+/// The `Admin` service of one node.
+pub struct AdminService {
+    node: Arc<Node>,
+}
+
+impl AdminService {
+    /// The service over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        AdminService { node }
+    }
+}
+
+/// The role names of `StatusResponse.role`.
+pub fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| pb::Member { node_id: *id, address: node.addr.clone(), voter: voters.contains(id) })
+            .collect();
+        let leader_id = metrics.current_leader.unwrap_or(0);
+        let leader_address = metrics
+            .current_leader
+            .and_then(|leader| membership.get_node(&leader))
+            .map(|node| node.addr.clone())
+            .unwrap_or_default();
+        let lock_expiration_ms = self.node.local_view(|applied| applied.state.lock_expiration_ms());
+        Ok(Response::new(pb::StatusResponse {
+            node_id: self.node.id,
+            role: role_name(metrics.state).into(),
+            leader_id,
+            leader_address,
+            term: metrics.current_term,
+            commit_index: self.node.committed_index(),
+            applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
+            members,
+            lock_expiration_ms,
+        }))
+    }
+
+    async fn set_lock_expiration(
+        &self,
+        request: Request<pb::SetLockExpirationRequest>,
+    ) -> Result<Response<pb::SetLockExpirationResponse>, Status> {
+        let local = |m: pb::SetLockExpirationRequest| async move {
+            let command = Command::SetLockExpiration { lock_expiration_ms: m.lock_expiration_ms };
+            replies::done(self.node.write(None, command).await?)?;
+            Ok(pb::SetLockExpirationResponse {})
+        };
+        let forward =
+            |c: Channel, r| async move { pb::admin_client::AdminClient::new(c).set_lock_expiration(r).await };
+        answer_or_forward(request, local, forward, &self.node).await
+    }
+}
+
+/// The `Cluster` service of one node.
+pub struct ClusterService {
+    node: Arc<Node>,
+}
+
+impl ClusterService {
+    /// The service over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        ClusterService { node }
+    }
+}
+
+fn membership_response(view: MembershipView) -> admin_pb::MembershipResponse {
+    admin_pb::MembershipResponse { log_index: view.log_index, voter_ids: view.voter_ids, learner_ids: view.learner_ids }
+}
+
+fn cluster_client(channel: Channel) -> admin_pb::cluster_client::ClusterClient<Channel> {
+    admin_pb::cluster_client::ClusterClient::new(channel)
+}
+
+#[tonic::async_trait]
+impl admin_pb::cluster_server::Cluster for ClusterService {
+    async fn add_learner(
+        &self,
+        request: Request<admin_pb::AddLearnerRequest>,
+    ) -> Result<Response<admin_pb::MembershipResponse>, Status> {
+        let local = |m: admin_pb::AddLearnerRequest| async move {
+            Ok(membership_response(self.node.add_learner(m.node_id, m.address).await?))
+        };
+        answer_or_forward(request, local, |c, r| async move { cluster_client(c).add_learner(r).await }, &self.node)
+            .await
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<admin_pb::ChangeMembershipRequest>,
+    ) -> Result<Response<admin_pb::MembershipResponse>, Status> {
+        let local = |m: admin_pb::ChangeMembershipRequest| async move {
+            let voter_ids = m.voter_ids.into_iter().collect();
+            Ok(membership_response(self.node.change_membership(voter_ids, m.remove_learners).await?))
+        };
+        let forward = |c, r| async move { cluster_client(c).change_membership(r).await };
+        answer_or_forward(request, local, forward, &self.node).await
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        _request: Request<admin_pb::TriggerSnapshotRequest>,
+    ) -> Result<Response<admin_pb::TriggerSnapshotResponse>, Status> {
+        self.node.raft.trigger().snapshot().await.map_err(|fatal| Status::unavailable(fatal.to_string()))?;
+        Ok(Response::new(admin_pb::TriggerSnapshotResponse {}))
+    }
+}

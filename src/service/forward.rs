@@ -1,0 +1,55 @@
+//! Leader forwarding: a follower hands a call to the leader it knows, once.
+//!
+//! A forwarded call carries the [`FORWARDED_KEY`] metadata; a node that gets
+//! a forwarded call while not being the leader answers `UNAVAILABLE` with its
+//! leader hint instead of forwarding again (`FORWARD_HOPS_MAX` = 1), so a
+//! call can never loop between nodes that disagree about the leader.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tonic::transport::Channel;
+
+use crate::error::Error;
+use crate::raft::network::peer_channel;
+
+/// Metadata key marking a call forwarded by another node.
+pub const FORWARDED_KEY: &str = "x-runner-storage-forwarded";
+
+/// Channels to the nodes this node has forwarded to, by address.
+#[derive(Debug, Default)]
+pub struct Forwarder {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Forwarder {
+    /// A (lazily connected) channel to `address`.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the address is not usable.
+    pub fn channel(&self, address: &str) -> Result<Channel, Error> {
+        let mut channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let channel = peer_channel(address)
+            .map_err(|e| Error::unavailable(format!("leader address {address:?} is not usable: {e}")))?;
+        channels.insert(address.to_owned(), channel.clone());
+        Ok(channel)
+    }
+}
+
+/// Whether `request` was already forwarded by another node.
+pub fn is_forwarded<T>(request: &tonic::Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED_KEY)
+}
+
+/// `message` as a request marked forwarded, keeping the caller's deadline.
+pub fn forwarded_request<T>(message: T, timeout: Option<std::time::Duration>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(FORWARDED_KEY, tonic::metadata::MetadataValue::from_static("1"));
+    if let Some(timeout) = timeout {
+        request.set_timeout(timeout);
+    }
+    request
+}

@@ -1,0 +1,115 @@
+//! The gRPC edge of a node: the client API (`runner_storage.v1`), the Admin
+//! and Cluster administration services, and the server that hosts them with
+//! the Raft service on one port.
+//!
+//! - [`runner_storage`]: the eight calls: decode, propose or read, encode.
+//! - [`admin`]: `Admin.Status`, `Admin.SetLockExpiration`, and membership.
+//! - [`forward`]: a follower hands a call to the leader, once.
+//! - [`status`]: the one `Error` ↔ gRPC status mapping.
+
+pub mod admin;
+pub mod forward;
+pub mod runner_storage;
+pub mod status;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Channel, Server};
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::limits;
+use crate::node::{CallError, Node};
+use crate::pb;
+use crate::raft::server::RaftService;
+
+/// Serves every gRPC service of `node` on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// When the server fails (the listener broke).
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let bytes_max = limits::GRPC_MESSAGE_BYTES_MAX;
+    let runner_storage = pb::v1::runner_storage_server::RunnerStorageServer::new(
+        runner_storage::RunnerStorageService::new(node.clone()),
+    )
+    .max_decoding_message_size(bytes_max)
+    .max_encoding_message_size(bytes_max);
+    let admin = pb::v1::admin_server::AdminServer::new(admin::AdminService::new(node.clone()));
+    let cluster = pb::admin::cluster_server::ClusterServer::new(admin::ClusterService::new(node.clone()));
+    let raft = pb::raft::raft_server::RaftServer::new(RaftService::new(node.raft.clone()))
+        .max_decoding_message_size(bytes_max)
+        .max_encoding_message_size(bytes_max);
+    Server::builder()
+        .tcp_nodelay(true)
+        .concurrency_limit_per_connection(limits::CONCURRENT_REQUESTS_PER_CONNECTION_MAX)
+        .add_service(runner_storage)
+        .add_service(admin)
+        .add_service(cluster)
+        .add_service(raft)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Answers a call here, or forwards it to the leader when this node is not it.
+///
+/// `local` runs the call on this node; `forward` runs it on the leader over
+/// `channel`. A call that was itself forwarded is never forwarded again.
+pub(crate) async fn answer_or_forward<M, R, Fut, Fwd, FwdFut>(
+    request: Request<M>,
+    local: impl FnOnce(M) -> Fut,
+    forward: Fwd,
+    node: &Node,
+) -> Result<Response<R>, Status>
+where
+    M: Clone,
+    Fut: Future<Output = Result<R, CallError>>,
+    Fwd: FnOnce(Channel, Request<M>) -> FwdFut,
+    FwdFut: Future<Output = Result<Response<R>, Status>>,
+{
+    let already_forwarded = forward::is_forwarded(&request);
+    let timeout = grpc_timeout(&request);
+    let message = request.into_inner();
+    match local(message.clone()).await {
+        Ok(answer) => Ok(Response::new(answer)),
+        Err(CallError::Failed(error)) => Err(status::to_status(error)),
+        Err(CallError::NotLeader { leader_address }) => {
+            let Some(leader_address) = leader_address.filter(|_| !already_forwarded) else {
+                let message = format!("node {} is not the leader and the call cannot be forwarded", node.id);
+                return Err(status::to_status(Error::Unavailable { message, leader_hint: None }));
+            };
+            let channel = node.forwarder.channel(&leader_address).map_err(status::to_status)?;
+            forward(channel, forward::forwarded_request(message, timeout)).await.map_err(|status| {
+                // Pass the leader's answer through, but add the hint so the
+                // client can go to the leader next time.
+                let mut status = status;
+                if let Ok(value) = leader_address.parse() {
+                    status.metadata_mut().insert(status::LEADER_ADDRESS_KEY, value);
+                }
+                status
+            })
+        }
+    }
+}
+
+/// The caller's deadline, from the `grpc-timeout` header, if it sent one.
+fn grpc_timeout<M>(request: &Request<M>) -> Option<std::time::Duration> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => std::time::Duration::from_secs(amount * 3600),
+        "M" => std::time::Duration::from_secs(amount * 60),
+        "S" => std::time::Duration::from_secs(amount),
+        "m" => std::time::Duration::from_millis(amount),
+        "u" => std::time::Duration::from_micros(amount),
+        "n" => std::time::Duration::from_nanos(amount),
+        _ => return None,
+    })
+}

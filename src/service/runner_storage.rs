@@ -1,0 +1,122 @@
+//! The eight calls of `runner_storage.v1.RunnerStorage`: each turns its
+//! message into a [`Command`] (or a read), runs it through the [`Node`], and
+//! encodes the answer. Validation happens in `Node::write` before proposing.
+
+use std::sync::Arc;
+
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use super::answer_or_forward;
+use crate::memory::replies;
+use crate::model::RequestId;
+use crate::node::{CallError, Node};
+use crate::pb::v1 as pb;
+use crate::pb::v1::runner_storage_client::RunnerStorageClient;
+use crate::state_machine::Command;
+
+/// The client API service of one node.
+pub struct RunnerStorageService {
+    node: Arc<Node>,
+}
+
+impl RunnerStorageService {
+    /// The service over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        RunnerStorageService { node }
+    }
+
+    /// Proposes `command` and shapes the reply with `answer`.
+    async fn write<R>(
+        &self,
+        request_id: Option<pb::RequestId>,
+        command: Command,
+        answer: impl FnOnce(crate::state_machine::Reply) -> crate::Result<R>,
+    ) -> Result<R, CallError> {
+        let request_id = request_id.map(|id| RequestId { client_id: id.client_id, sequence: id.sequence });
+        let reply = self.node.write(request_id, command).await?;
+        Ok(answer(reply)?)
+    }
+}
+
+fn client(channel: Channel) -> RunnerStorageClient<Channel> {
+    RunnerStorageClient::new(channel)
+        .max_decoding_message_size(crate::limits::GRPC_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(crate::limits::GRPC_MESSAGE_BYTES_MAX)
+}
+
+#[tonic::async_trait]
+impl pb::runner_storage_server::RunnerStorage for RunnerStorageService {
+    async fn get_runners(&self, request: Request<pb::GetRunnersRequest>) -> Result<Response<pb::GetRunnersResponse>, Status> {
+        let local = |_| async {
+            let runners = self.node.read(|state, now_ms| state.get_runners(now_ms)).await?;
+            let runners = runners.into_iter().map(|(runner, healthy)| pb::RunnerEntry { runner, healthy }).collect();
+            Ok(pb::GetRunnersResponse { runners })
+        };
+        answer_or_forward(request, local, |c, r| async move { client(c).get_runners(r).await }, &self.node).await
+    }
+
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let local = |m: pb::RegisterRequest| async move {
+            let command = Command::Register { address: m.address, runner: m.runner, healthy: m.healthy };
+            let machine_id = self.write(m.request_id, command, replies::machine_id).await?;
+            Ok(pb::RegisterResponse { machine_id })
+        };
+        answer_or_forward(request, local, |c, r| async move { client(c).register(r).await }, &self.node).await
+    }
+
+    async fn unregister(&self, request: Request<pb::UnregisterRequest>) -> Result<Response<pb::UnregisterResponse>, Status> {
+        let local = |m: pb::UnregisterRequest| async move {
+            self.write(m.request_id, Command::Unregister { address: m.address }, replies::done).await?;
+            Ok(pb::UnregisterResponse {})
+        };
+        answer_or_forward(request, local, |c, r| async move { client(c).unregister(r).await }, &self.node).await
+    }
+
+    async fn set_runner_health(
+        &self,
+        request: Request<pb::SetRunnerHealthRequest>,
+    ) -> Result<Response<pb::SetRunnerHealthResponse>, Status> {
+        let local = |m: pb::SetRunnerHealthRequest| async move {
+            let command = Command::SetRunnerHealth { address: m.address, healthy: m.healthy };
+            self.write(m.request_id, command, replies::done).await?;
+            Ok(pb::SetRunnerHealthResponse {})
+        };
+        answer_or_forward(request, local, |c, r| async move { client(c).set_runner_health(r).await }, &self.node).await
+    }
+
+    async fn acquire(&self, request: Request<pb::AcquireRequest>) -> Result<Response<pb::ShardIdsResponse>, Status> {
+        let local = |m: pb::AcquireRequest| async move {
+            let command = Command::Acquire { address: m.address, shard_ids: m.shard_ids };
+            let shard_ids = self.write(m.request_id, command, replies::shard_ids).await?;
+            Ok(pb::ShardIdsResponse { shard_ids })
+        };
+        answer_or_forward(request, local, |c, r| async move { client(c).acquire(r).await }, &self.node).await
+    }
+
+    async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Result<Response<pb::ShardIdsResponse>, Status> {
+        let local = |m: pb::RefreshRequest| async move {
+            let command = Command::Refresh { address: m.address, shard_ids: m.shard_ids };
+            let shard_ids = self.write(m.request_id, command, replies::shard_ids).await?;
+            Ok(pb::ShardIdsResponse { shard_ids })
+        };
+        answer_or_forward(request, local, |c, r| async move { client(c).refresh(r).await }, &self.node).await
+    }
+
+    async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let local = |m: pb::ReleaseRequest| async move {
+            let command = Command::Release { address: m.address, shard_id: m.shard_id };
+            self.write(m.request_id, command, replies::done).await?;
+            Ok(pb::ReleaseResponse {})
+        };
+        answer_or_forward(request, local, |c, r| async move { client(c).release(r).await }, &self.node).await
+    }
+
+    async fn release_all(&self, request: Request<pb::ReleaseAllRequest>) -> Result<Response<pb::ReleaseAllResponse>, Status> {
+        let local = |m: pb::ReleaseAllRequest| async move {
+            self.write(m.request_id, Command::ReleaseAll { address: m.address }, replies::done).await?;
+            Ok(pb::ReleaseAllResponse {})
+        };
+        answer_or_forward(request, local, |c, r| async move { client(c).release_all(r).await }, &self.node).await
+    }
+}
