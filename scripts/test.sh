@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every test of runner-storage from a clean clone, installing what the
+# tests need first: format and lint checks, the Rust unit, property,
+# conformance and cluster tests (real node processes), and the Effect
+# client's tests (real Node.js runners against a real cluster).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+
+# --- what the tests need -----------------------------------------------------
+apt_install() {
+  # Debian packages, installed only when missing (needs root, as on CI).
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then echo "missing Debian packages: ${missing[*]} (run as root to install)" >&2; return 1; fi
+  log "installing ${missing[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+command -v kill >/dev/null || apt_install procps
+
+# --- Rust ----------------------------------------------------------------------
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+log "cargo test"
+cargo test --quiet
+
+# --- Effect client ---------------------------------------------------------------
+log "Effect client (clients/effect)"
+cargo build --quiet --bin runner-storage
+export RUNNER_STORAGE_BIN="$PWD/target/debug/runner-storage"
+(cd clients/effect && npm ci --no-audit --no-fund --loglevel=error && npm test)
+
+log "all tests passed"
