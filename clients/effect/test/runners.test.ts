@@ -82,8 +82,9 @@ describe("two Effect runners on one runner-storage cluster", () => {
     await Promise.all([a?.kill("SIGKILL"), b?.kill("SIGKILL")])
     if (scope !== undefined) await run(Scope.close(scope, Exit.void))
     if (cluster !== undefined) await cluster.stop()
-    if (!failed && logDir !== undefined) rmSync(logDir, { recursive: true, force: true })
-    else if (logDir !== undefined) console.error(`runner logs kept in ${logDir}`)
+    if (logDir === undefined) return
+    if (!failed && process.env["RS_KEEP_TEST_DIRS"] === undefined) rmSync(logDir, { recursive: true, force: true })
+    else console.error(`runner logs kept in ${logDir}`)
   })
 
   test(
@@ -165,19 +166,31 @@ describe("two Effect runners on one runner-storage cluster", () => {
         }
       })()
 
-      const leader = await cluster.waitForLeader()
-      await sleep(500) // some load before the kill (not a synchronisation)
-      const killedAt = Date.now()
-      await cluster.kill(leader.id, "SIGKILL")
-      const newLeader = await cluster.waitForLeader(15_000, leader.id)
-      const electedAfter = Date.now() - killedAt
-      t.diagnostic(`node ${leader.id} killed; node ${newLeader.id} leader after ${electedAfter} ms`)
-
-      // Keep working past E after the kill: had a refresh failed, the runner
-      // would have dropped its shards, or the locks would have expired.
-      await waitFor("E to pass since the kill", E + 5000, () => (Date.now() - killedAt >= E + 1000 ? true : undefined))
-      stop = true
-      await Promise.all([load, sampler])
+      const refreshesBefore = { A: (await a.refreshes()).length, B: (await b.refreshes()).length }
+      let killedAt = 0
+      let electedAt = 0
+      try {
+        const leader = await cluster.waitForLeader()
+        // Time the kill so that runner A's next lock refresh (Effect refreshes
+        // every E/3 on a fixed schedule) is due ~300 ms after it, i.e. while
+        // there is no leader. This sleep only places the fault.
+        const interval = E / 3
+        const lastStart = (await a.refreshes()).at(-1)!.start
+        let killAt = lastStart + interval - 300
+        while (killAt < Date.now() + 200) killAt += interval
+        await sleep(killAt - Date.now())
+        killedAt = Date.now()
+        await cluster.kill(leader.id, "SIGKILL")
+        const newLeader = await cluster.waitForLeader(15_000, leader.id)
+        electedAt = Date.now()
+        t.diagnostic(`node ${leader.id} killed; node ${newLeader.id} leader after ${electedAt - killedAt} ms`)
+        // Keep working past E after the kill: had a refresh failed, the runner
+        // would have dropped its shards, or the locks would have expired.
+        await waitFor("E to pass since the kill", E + 5000, () => (Date.now() - killedAt >= E + 1000 ? true : undefined))
+      } finally {
+        stop = true
+        await Promise.all([load, sampler])
+      }
 
       const failures = pingResults.filter((r) => !r.ok)
       t.diagnostic(
@@ -191,6 +204,26 @@ describe("two Effect runners on one runner-storage cluster", () => {
         assert.deepEqual(sample.sa, base.sa, "runner A kept all its shards")
         assert.deepEqual(sample.sb, base.sb, "runner B kept all its shards")
       }
+      // every lock refresh since before the kill succeeded and kept every shard
+      const refreshed = {
+        A: (await a.refreshes()).slice(refreshesBefore.A),
+        B: (await b.refreshes()).slice(refreshesBefore.B)
+      }
+      for (const [name, records] of Object.entries(refreshed)) {
+        assert.ok(records.length >= 3, `runner ${name} refreshed its locks (${records.length} times)`)
+        for (const r of records) {
+          assert.ok(r.ok, `runner ${name}: refresh at +${r.start - killedAt} ms failed: ${r.error}`)
+          assert.equal(r.returned, r.requested, `runner ${name}: refresh at +${r.start - killedAt} ms lost shards`)
+          assert.ok(r.end - r.start < E / 3, `runner ${name}: refresh took ${r.end - r.start} ms (Effect allows E/3)`)
+        }
+      }
+      const duringElection = [...refreshed.A, ...refreshed.B].filter((r) => r.start >= killedAt && r.start < electedAt)
+      t.diagnostic(
+        `refreshes issued while there was no leader: ${
+          duringElection.map((r) => `+${r.start - killedAt} ms took ${r.end - r.start} ms`).join(", ") || "none"
+        }`
+      )
+      assert.ok(duringElection.length > 0, "a lock refresh was issued during the election (and succeeded)")
       for (const [name, runner] of [["A", a], ["B", b]] as const) {
         const newLog = runner.log().slice(logStart[name])
         assert.doesNotMatch(newLog, /Shard lock storage is unhealthy/, `runner ${name}'s lock refreshes kept succeeding`)

@@ -82,6 +82,22 @@ export class Fatal extends Error {}
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 
+/** Waits for `promise`, at most `ms` (the timer does not keep the process alive). */
+export const atMost = (promise: Promise<unknown>, ms: number): Promise<void> =>
+  new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, ms)
+    promise.then(
+      () => {
+        clearTimeout(timer)
+        resolve()
+      },
+      () => {
+        clearTimeout(timer)
+        resolve()
+      }
+    )
+  })
+
 /**
  * Polls `check` until it returns a value other than `undefined`, at most until
  * `timeoutMs`; then fails with `what` and the last error/value seen.
@@ -219,7 +235,7 @@ export const startCluster = async (options: ClusterOptions = {}): Promise<Cluste
     if (child === undefined || !isRunning(node)) return
     const exited = new Promise<void>((r) => child.once("exit", () => r()))
     child.kill(signal)
-    await Promise.race([exited, sleep(10_000)])
+    await atMost(exited, 10_000)
   }
 
   const waitForLeader = (timeoutMs = 15_000, excluding?: number) =>

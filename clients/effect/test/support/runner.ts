@@ -6,9 +6,18 @@ import { type ChildProcess, fork } from "node:child_process"
 import { closeSync, openSync, readFileSync } from "node:fs"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
-import { freePort, sleep, track } from "./cluster.js"
+import { atMost, freePort, track } from "./cluster.js"
 
 const runnerScript = join(dirname(fileURLToPath(import.meta.url)), "..", "fixtures", "runner.js")
+
+export interface RefreshRecord {
+  readonly start: number
+  readonly end: number
+  readonly ok: boolean
+  readonly requested: number
+  readonly returned: number
+  readonly error?: string
+}
 
 export interface PingReply {
   readonly message: string
@@ -24,6 +33,8 @@ export interface RunnerProcess {
   readonly child: ChildProcess
   readonly ping: (entityId: string, message?: string, timeoutMs?: number) => Promise<PingReply>
   readonly count: (entityId: string, timeoutMs?: number) => Promise<{ count: number; runner: string }>
+  /** The lock refreshes this runner made (`RunnerStorage.refresh`), oldest first. */
+  readonly refreshes: () => Promise<Array<RefreshRecord>>
   /** The shards this runner holds (`Sharding.hasShardId`), as "group:id". */
   readonly shards: () => Promise<Array<string>>
   readonly log: () => string
@@ -131,13 +142,14 @@ export const startRunner = async (options: {
       request({ type: "ping", entityId, message }, timeoutMs),
     count: (entityId, timeoutMs = 10_000) => request({ type: "count", entityId }, timeoutMs),
     shards: () => request<Array<string>>({ type: "shards" }, 5000),
+    refreshes: () => request<Array<RefreshRecord>>({ type: "refreshes" }, 5000),
     log: readLog,
     alive: () => !exited,
     kill: async (signal: NodeJS.Signals = "SIGKILL") => {
       if (exited) return
       const done = new Promise<void>((r) => child.once("exit", () => r()))
       child.kill(signal)
-      await Promise.race([done, sleep(20_000)])
+      await atMost(done, 20_000)
     }
   }
 }
