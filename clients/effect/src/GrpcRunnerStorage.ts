@@ -332,7 +332,10 @@ export const make = (options: Options): Effect.Effect<RunnerStorageClient, never
           const answered = results.filter((r) => r.status !== undefined)
           for (const r of results) if (r.status === undefined) r.endpoint.failedAt = Date.now()
           const byTerm = [...answered].sort((a, b) => b.status!.term - a.status!.term)
-          const leader = byTerm.find((r) => r.status!.role === "leader")
+          const leaders = byTerm.filter((r) => r.status!.role === "leader")
+          // a leader that just failed a call (stepping down, lost its quorum)
+          // is tried again only when nothing else is left
+          const leader = leaders.find((r) => !recentlyFailed(r.endpoint))
           if (leader !== undefined) {
             preferred = leader.endpoint
             return leader.endpoint
@@ -345,6 +348,7 @@ export const make = (options: Options): Effect.Effect<RunnerStorageClient, never
           }
           const live = answered.map((r) => r.endpoint).filter((e) => !recentlyFailed(e))
           if (live.length > 0) return live[(roundRobin++) % live.length]!
+          if (leaders.length > 0) return leaders[0]!.endpoint
           return nextRoundRobin()
         }))
       }))
