@@ -6,6 +6,7 @@
 //! listen = "127.0.0.1:7001"          # gRPC: client API, Admin, Raft
 //! data_dir = "data/node1"
 //! initial_lock_expiration_ms = 35000 # E written at bootstrap (optional)
+//! metrics_listen = "127.0.0.1:9001"  # Prometheus GET /metrics (optional)
 //! [[peers]]                          # initial membership, this node included
 //! id = 1
 //! address = "127.0.0.1:7001"
@@ -76,6 +77,9 @@ pub struct NodeConfig {
     /// The initial membership; empty for a node that joins a running cluster.
     #[serde(default)]
     pub peers: Vec<Peer>,
+    /// Where to serve Prometheus metrics over HTTP (`GET /metrics`); none when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// The lock expiration written when this node bootstraps the cluster.
     #[serde(default)]
     pub initial_lock_expiration_ms: Option<u64>,
@@ -93,6 +97,7 @@ impl NodeConfig {
             listen,
             data_dir: PathBuf::from("data"),
             peers: vec![Peer { id: 1, address: listen.to_string() }],
+            metrics_listen: None,
             initial_lock_expiration_ms: None,
             raft: RaftTuning::default(),
         }

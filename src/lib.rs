@@ -20,6 +20,7 @@ pub mod error;
 pub mod interface;
 pub mod limits;
 pub mod memory;
+pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod pb;

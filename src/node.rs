@@ -61,8 +61,34 @@ pub struct Node {
     pub state_machine: StateMachineStore,
     /// Channels to the leader for forwarded calls.
     pub forwarder: Forwarder,
+    /// Call counters and latencies, rendered for Prometheus.
+    pub metrics: crate::metrics::Metrics,
     committed_index: Arc<AtomicU64>,
     db: sled::Db,
+    planted_bug: Option<PlantedBug>,
+}
+
+/// Environment variable that plants a known bug, so the chaos checkers can
+/// be shown to catch it. Never set it in production: the node logs a loud
+/// warning at start when it is set.
+pub const PLANTED_BUG_ENV: &str = "RUNNER_STORAGE_PLANTED_BUG";
+
+/// A bug planted on purpose for checker tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// `stale-reads`: reads skip the read barrier and are answered from this
+    /// node's own state, leader or not (what a naive store would do).
+    StaleReads,
+}
+
+impl PlantedBug {
+    fn from_env() -> anyhow::Result<Option<PlantedBug>> {
+        match std::env::var(PLANTED_BUG_ENV).ok().as_deref() {
+            None | Some("") => Ok(None),
+            Some("stale-reads") => Ok(Some(PlantedBug::StaleReads)),
+            Some(other) => anyhow::bail!("{PLANTED_BUG_ENV}={other:?} is not a known planted bug (stale-reads)"),
+        }
+    }
 }
 
 fn not_leader(forward: ForwardToLeader) -> CallError {
@@ -90,7 +116,13 @@ impl Node {
         let raft = Raft::new(config.node_id, raft_config, Network, log_store, state_machine.clone())
             .await
             .context("cannot start Raft")?;
-        Ok(Arc::new(Node { id: config.node_id, raft, state_machine, forwarder: Forwarder::default(), committed_index, db }))
+        let planted_bug = PlantedBug::from_env()?;
+        if let Some(bug) = planted_bug {
+            tracing::warn!(?bug, "PLANTED BUG ACTIVE: this node is deliberately incorrect (checker tests only)");
+        }
+        let forwarder = Forwarder::default();
+        let metrics = crate::metrics::Metrics::new();
+        Ok(Arc::new(Node { id: config.node_id, raft, state_machine, forwarder, metrics, committed_index, db, planted_bug }))
     }
 
     /// Initialises a pristine node with the configured peers. Every node of a
@@ -144,6 +176,10 @@ impl Node {
     /// # Errors
     /// [`CallError::NotLeader`] on a follower; `Unavailable` without quorum.
     pub async fn read<T>(&self, read: impl FnOnce(&State, u64) -> T) -> Result<T, CallError> {
+        if self.planted_bug == Some(PlantedBug::StaleReads) {
+            let applied = self.state_machine.read();
+            return Ok(read(&applied.state, applied.state.now_ms().max(wall_clock_ms())));
+        }
         let barrier = tokio::time::timeout(RAFT_CALL_TIMEOUT, self.raft.ensure_linearizable())
             .await
             .map_err(|_| Error::unavailable("the read barrier did not pass in time (no quorum?)"))?;
@@ -174,6 +210,34 @@ impl Node {
     /// Bytes the data dir takes, by sled's estimate.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Raft's view of this node for metrics.
+    pub fn raft_view(&self) -> crate::metrics::RaftView {
+        let metrics = self.raft.metrics().borrow().clone();
+        crate::metrics::RaftView {
+            role: match metrics.state {
+                ServerState::Leader => 1,
+                ServerState::Follower => 2,
+                ServerState::Candidate => 3,
+                ServerState::Learner => 4,
+                ServerState::Shutdown => 0,
+            },
+            term: metrics.current_term,
+            leader_id: metrics.current_leader.unwrap_or(0),
+            commit_index: self.committed_index(),
+            applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            purged_index: metrics.purged.map_or(0, |log_id| log_id.index),
+            snapshot_index: metrics.snapshot.map_or(0, |log_id| log_id.index),
+            disk_bytes: self.size_on_disk(),
+        }
+    }
+
+    /// The Prometheus text of this node's metrics.
+    pub fn render_metrics(&self) -> String {
+        let raft = self.raft_view();
+        self.metrics.render(&raft, &self.state_machine.read(), wall_clock_ms())
     }
 
     /// Whether this node currently leads.

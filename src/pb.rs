@@ -17,3 +17,6 @@ pub mod raft {
 pub mod admin {
     tonic::include_proto!("runner_storage.admin.v1");
 }
+
+/// The encoded descriptors of every proto file, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("runner_storage_descriptor");

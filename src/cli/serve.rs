@@ -35,6 +35,9 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         tokio::spawn(write_initial_lock_expiration(node.clone(), expiration));
     }
     tokio::spawn(log_leader_changes(node.clone()));
+    if let Some(metrics_listen) = config.metrics_listen {
+        service::observe::serve_metrics(node.clone(), metrics_listen, shutdown_signal()).await?;
+    }
     tracing::info!(
         node_id = config.node_id,
         listen = %config.listen,

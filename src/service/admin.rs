@@ -81,7 +81,7 @@ impl pb::admin_server::Admin for AdminService {
         };
         let forward =
             |c: Channel, r| async move { pb::admin_client::AdminClient::new(c).set_lock_expiration(r).await };
-        answer_or_forward(request, local, forward, &self.node).await
+        answer_or_forward("set_lock_expiration", request, local, forward, &self.node).await
     }
 }
 
@@ -114,7 +114,7 @@ impl admin_pb::cluster_server::Cluster for ClusterService {
         let local = |m: admin_pb::AddLearnerRequest| async move {
             Ok(membership_response(self.node.add_learner(m.node_id, m.address).await?))
         };
-        answer_or_forward(request, local, |c, r| async move { cluster_client(c).add_learner(r).await }, &self.node)
+        answer_or_forward("add_learner", request, local, |c, r| async move { cluster_client(c).add_learner(r).await }, &self.node)
             .await
     }
 
@@ -127,7 +127,7 @@ impl admin_pb::cluster_server::Cluster for ClusterService {
             Ok(membership_response(self.node.change_membership(voter_ids, m.remove_learners).await?))
         };
         let forward = |c, r| async move { cluster_client(c).change_membership(r).await };
-        answer_or_forward(request, local, forward, &self.node).await
+        answer_or_forward("change_membership", request, local, forward, &self.node).await
     }
 
     async fn trigger_snapshot(

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod forward;
+pub mod observe;
 pub mod runner_storage;
 pub mod status;
 
@@ -46,6 +47,13 @@ pub async fn serve(
     let raft = pb::raft::raft_server::RaftServer::new(RaftService::new(node.raft.clone()))
         .max_decoding_message_size(bytes_max)
         .max_encoding_message_size(bytes_max);
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(observe::report_health(node.clone(), health_reporter));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the compiled-in descriptor sets are valid");
     Server::builder()
         .tcp_nodelay(true)
         .concurrency_limit_per_connection(limits::CONCURRENT_REQUESTS_PER_CONNECTION_MAX)
@@ -53,6 +61,8 @@ pub async fn serve(
         .add_service(admin)
         .add_service(cluster)
         .add_service(raft)
+        .add_service(health)
+        .add_service(reflection)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }
@@ -62,6 +72,26 @@ pub async fn serve(
 /// `local` runs the call on this node; `forward` runs it on the leader over
 /// `channel`. A call that was itself forwarded is never forwarded again.
 pub(crate) async fn answer_or_forward<M, R, Fut, Fwd, FwdFut>(
+    call: &'static str,
+    request: Request<M>,
+    local: impl FnOnce(M) -> Fut,
+    forward: Fwd,
+    node: &Node,
+) -> Result<Response<R>, Status>
+where
+    M: Clone,
+    Fut: Future<Output = Result<R, CallError>>,
+    Fwd: FnOnce(Channel, Request<M>) -> FwdFut,
+    FwdFut: Future<Output = Result<Response<R>, Status>>,
+{
+    let started = std::time::Instant::now();
+    let answer = answer_or_forward_unmeasured(request, local, forward, node).await;
+    let error_code = answer.as_ref().err().map(Status::code);
+    node.metrics.record_call(call, started.elapsed(), error_code);
+    answer
+}
+
+async fn answer_or_forward_unmeasured<M, R, Fut, Fwd, FwdFut>(
     request: Request<M>,
     local: impl FnOnce(M) -> Fut,
     forward: Fwd,

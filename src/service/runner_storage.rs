@@ -53,7 +53,7 @@ impl pb::runner_storage_server::RunnerStorage for RunnerStorageService {
             let runners = runners.into_iter().map(|(runner, healthy)| pb::RunnerEntry { runner, healthy }).collect();
             Ok(pb::GetRunnersResponse { runners })
         };
-        answer_or_forward(request, local, |c, r| async move { client(c).get_runners(r).await }, &self.node).await
+        answer_or_forward("get_runners", request, local, |c, r| async move { client(c).get_runners(r).await }, &self.node).await
     }
 
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
@@ -62,7 +62,7 @@ impl pb::runner_storage_server::RunnerStorage for RunnerStorageService {
             let machine_id = self.write(m.request_id, command, replies::machine_id).await?;
             Ok(pb::RegisterResponse { machine_id })
         };
-        answer_or_forward(request, local, |c, r| async move { client(c).register(r).await }, &self.node).await
+        answer_or_forward("register", request, local, |c, r| async move { client(c).register(r).await }, &self.node).await
     }
 
     async fn unregister(&self, request: Request<pb::UnregisterRequest>) -> Result<Response<pb::UnregisterResponse>, Status> {
@@ -70,7 +70,7 @@ impl pb::runner_storage_server::RunnerStorage for RunnerStorageService {
             self.write(m.request_id, Command::Unregister { address: m.address }, replies::done).await?;
             Ok(pb::UnregisterResponse {})
         };
-        answer_or_forward(request, local, |c, r| async move { client(c).unregister(r).await }, &self.node).await
+        answer_or_forward("unregister", request, local, |c, r| async move { client(c).unregister(r).await }, &self.node).await
     }
 
     async fn set_runner_health(
@@ -82,7 +82,7 @@ impl pb::runner_storage_server::RunnerStorage for RunnerStorageService {
             self.write(m.request_id, command, replies::done).await?;
             Ok(pb::SetRunnerHealthResponse {})
         };
-        answer_or_forward(request, local, |c, r| async move { client(c).set_runner_health(r).await }, &self.node).await
+        answer_or_forward("set_runner_health", request, local, |c, r| async move { client(c).set_runner_health(r).await }, &self.node).await
     }
 
     async fn acquire(&self, request: Request<pb::AcquireRequest>) -> Result<Response<pb::ShardIdsResponse>, Status> {
@@ -91,7 +91,7 @@ impl pb::runner_storage_server::RunnerStorage for RunnerStorageService {
             let shard_ids = self.write(m.request_id, command, replies::shard_ids).await?;
             Ok(pb::ShardIdsResponse { shard_ids })
         };
-        answer_or_forward(request, local, |c, r| async move { client(c).acquire(r).await }, &self.node).await
+        answer_or_forward("acquire", request, local, |c, r| async move { client(c).acquire(r).await }, &self.node).await
     }
 
     async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Result<Response<pb::ShardIdsResponse>, Status> {
@@ -100,7 +100,7 @@ impl pb::runner_storage_server::RunnerStorage for RunnerStorageService {
             let shard_ids = self.write(m.request_id, command, replies::shard_ids).await?;
             Ok(pb::ShardIdsResponse { shard_ids })
         };
-        answer_or_forward(request, local, |c, r| async move { client(c).refresh(r).await }, &self.node).await
+        answer_or_forward("refresh", request, local, |c, r| async move { client(c).refresh(r).await }, &self.node).await
     }
 
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
@@ -109,7 +109,7 @@ impl pb::runner_storage_server::RunnerStorage for RunnerStorageService {
             self.write(m.request_id, command, replies::done).await?;
             Ok(pb::ReleaseResponse {})
         };
-        answer_or_forward(request, local, |c, r| async move { client(c).release(r).await }, &self.node).await
+        answer_or_forward("release", request, local, |c, r| async move { client(c).release(r).await }, &self.node).await
     }
 
     async fn release_all(&self, request: Request<pb::ReleaseAllRequest>) -> Result<Response<pb::ReleaseAllResponse>, Status> {
@@ -117,6 +117,6 @@ impl pb::runner_storage_server::RunnerStorage for RunnerStorageService {
             self.write(m.request_id, Command::ReleaseAll { address: m.address }, replies::done).await?;
             Ok(pb::ReleaseAllResponse {})
         };
-        answer_or_forward(request, local, |c, r| async move { client(c).release_all(r).await }, &self.node).await
+        answer_or_forward("release_all", request, local, |c, r| async move { client(c).release_all(r).await }, &self.node).await
     }
 }
