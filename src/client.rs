@@ -175,7 +175,7 @@ impl Client {
     pub async fn set_lock_expiration(&self, lock_expiration_ms: u64) -> Result<()> {
         let request = pb::SetLockExpirationRequest { lock_expiration_ms };
         self.call(|channel| {
-            let request = request.clone();
+            let request = request;
             async move { pb::admin_client::AdminClient::new(channel).set_lock_expiration(request).await }
         })
         .await

@@ -1,5 +1,6 @@
 //! The command line: `serve`, `ctl` and `bench`, each a thin shell over the library.
 
+pub mod bench;
 pub mod ctl;
 pub mod serve;
 
@@ -27,6 +28,8 @@ pub enum Command {
     },
     /// Inspect and administer a running cluster.
     Ctl(ctl::CtlArgs),
+    /// Drive a running cluster and report ops/s and latency percentiles.
+    Bench(bench::BenchArgs),
 }
 
 /// Starts `tracing` logs to stderr, filtered by `RUST_LOG` (default `info`,
@@ -51,5 +54,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => runtime.block_on(serve::run(config)),
         Command::Ctl(args) => runtime.block_on(ctl::run(args)),
+        Command::Bench(args) => runtime.block_on(bench::run(args)),
     }
 }

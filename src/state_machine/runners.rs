@@ -1,7 +1,5 @@
 //! The runner table: registration, liveness sweeps, health and machine ids.
 
-use std::collections::HashSet;
-
 use super::{RunnerRecord, State};
 use crate::error::Result;
 use crate::limits::MACHINE_ID_RESIDUES;
@@ -35,21 +33,29 @@ impl State {
     /// residue rather than the id itself is what keeps Snowflake ids apart
     /// once an id above 1024 was ever handed out, and is the same rule while
     /// every id is at most 1024.
+    ///
+    /// Cost: at most 1024 steps over the low ids, plus, for each free low id,
+    /// lookups of the ids above 1024 that share its residue until one is
+    /// found; never a pass over every runner (which made each registration
+    /// O(runners) once ids above 1024 existed).
     fn free_machine_id(&self) -> i64 {
-        // Ids above 1024 exist only after 1024 runners were registered at once:
-        // this set is almost always empty.
-        let high_residues: HashSet<i64> =
-            self.machine_ids.range(MACHINE_ID_RESIDUES + 1..).map(|(id, _)| id % MACHINE_ID_RESIDUES).collect();
+        let max = self.machine_ids.last_key_value().map_or(0, |(max, _)| *max);
+        let residue_used_above = |candidate: i64| {
+            (1..)
+                .map(|multiple| candidate + multiple * MACHINE_ID_RESIDUES)
+                .take_while(|id| *id <= max)
+                .any(|id| self.machine_ids.contains_key(&id))
+        };
         let mut used_low = self.machine_ids.range(1..=MACHINE_ID_RESIDUES).map(|(id, _)| *id).peekable();
         for candidate in 1..=MACHINE_ID_RESIDUES {
             if used_low.next_if_eq(&candidate).is_some() {
                 continue;
             }
-            if !high_residues.contains(&(candidate % MACHINE_ID_RESIDUES)) {
+            if !residue_used_above(candidate) {
                 return candidate;
             }
         }
-        self.machine_ids.last_key_value().map_or(1, |(max, _)| max + 1)
+        max + 1
     }
 
     /// Deletes the runner at `address` and every runner that is not live.

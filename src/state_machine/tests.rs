@@ -286,11 +286,7 @@ fn get_runners_orders_by_machine_id_and_includes_unhealthy() {
 #[test]
 fn liveness_boundary_is_strict() {
     // Live when last_heartbeat > now - E.
-    check(vec![
-        ok(at(1_000, register("a:1", true)), id(1)),
-        runners(1_999, &[("a:1", true)]),
-        runners(2_000, &[]),
-    ]);
+    check(vec![ok(at(1_000, register("a:1", true)), id(1)), runners(1_999, &[("a:1", true)]), runners(2_000, &[])]);
 }
 
 // ---- SPEC §3: setRunnerHealth ----
@@ -521,6 +517,25 @@ fn machine_id_past_1024_only_when_every_residue_is_used() {
     assert_eq!(state.runners().len(), 1023);
 }
 
+#[test]
+fn machine_id_residue_is_free_only_when_no_id_above_1024_shares_it() {
+    let mut steps: Vec<Step> = (1..=2_100).map(|i| ok(at(0, register(&many(i), true)), id(i))).collect();
+    steps.extend([
+        // Residue 3 is used by 3, 1027 and 2051: free only once all three are gone.
+        ok(at(0, unregister(&many(3))), Reply::Done),
+        ok(at(0, unregister(&many(1_027))), Reply::Done),
+        ok(at(0, register("x:1", true)), id(2_101)),
+        ok(at(0, unregister(&many(2_051))), Reply::Done),
+        ok(at(0, register("y:1", true)), id(3)),
+        // Residue 0: 1024, 2048.
+        ok(at(0, unregister(&many(1_024))), Reply::Done),
+        ok(at(0, register("z:1", true)), id(2_102)),
+        ok(at(0, unregister(&many(2_048))), Reply::Done),
+        ok(at(0, register("w:1", true)), id(1_024)),
+    ]);
+    check(steps);
+}
+
 // ---- SPEC §6: caps ----
 
 #[test]
@@ -706,10 +721,7 @@ fn client_table_is_bounded_forgetting_the_least_recently_seen() {
 // ---- SPEC §6: validation ----
 
 fn setup_for_validation() -> Vec<Step> {
-    vec![
-        ok(at(0, register("a:1", true)), id(1)),
-        ok(at(0, acquire("a:1", &["g:1"])), shards(&["g:1"])),
-    ]
+    vec![ok(at(0, register("a:1", true)), id(1)), ok(at(0, acquire("a:1", &["g:1"])), shards(&["g:1"]))]
 }
 
 #[test]
@@ -718,7 +730,10 @@ fn malformed_addresses_are_refused_naming_address() {
     let mut steps = setup_for_validation();
     for bad in ["", "nocolon", ":1", "h:", "h:65536", "h:-1", "h:08", "h:x", long.as_str()] {
         steps.extend([
-            invalid(at(1, Command::Register { address: bad.into(), runner: runner_json("a:1"), healthy: true }), "address"),
+            invalid(
+                at(1, Command::Register { address: bad.into(), runner: runner_json("a:1"), healthy: true }),
+                "address",
+            ),
             invalid(at(1, unregister(bad)), "address"),
             invalid(at(1, set_health(bad, false)), "address"),
             invalid(at(1, acquire(bad, &["g:2"])), "address"),
@@ -928,7 +943,8 @@ mod reference {
                 Command::Unregister { address } if valid_address(address) => {
                     let now_ms = self.now_ms;
                     let runners = std::mem::take(&mut self.runners);
-                    self.runners = runners.into_iter().filter(|r| self.live(r, now_ms) && r.address != *address).collect();
+                    self.runners =
+                        runners.into_iter().filter(|r| self.live(r, now_ms) && r.address != *address).collect();
                     Reply::Done
                 }
                 Command::SetRunnerHealth { address, healthy } if valid_address(address) => {
@@ -945,7 +961,9 @@ mod reference {
                 Command::Refresh { address, shard_ids } if valid_address(address) && valid_shards(shard_ids) => {
                     self.refresh(address, shard_ids)
                 }
-                Command::Release { address, shard_id } if valid_address(address) && valid_shards(&[shard_id.clone()]) => {
+                Command::Release { address, shard_id }
+                    if valid_address(address) && valid_shards(std::slice::from_ref(shard_id)) =>
+                {
                     self.locks.retain(|l| !(l.shard_id == *shard_id && l.address == *address));
                     Reply::Done
                 }
@@ -998,7 +1016,8 @@ mod reference {
                 let index = self.locks.iter().position(|l| l.shard_id == shard_id);
                 let free = index.map_or(true, |i| self.locks[i].address == address || !self.held(&self.locks[i]));
                 if free {
-                    let lock = Lock { shard_id: shard_id.clone(), address: address.to_owned(), acquired_at_ms: self.now_ms };
+                    let lock =
+                        Lock { shard_id: shard_id.clone(), address: address.to_owned(), acquired_at_ms: self.now_ms };
                     match index {
                         Some(i) => self.locks[i] = lock,
                         None => self.locks.push(lock),
@@ -1082,7 +1101,8 @@ fn command_strategy() -> impl Strategy<Value = Command> {
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
-    let time_delta_ms = prop_oneof![4 => Just(0i64), 4 => 0..100i64, 3 => 0..1_500i64, 1 => -2_000..0i64, 1 => 0..12_000i64];
+    let time_delta_ms =
+        prop_oneof![4 => Just(0i64), 4 => 0..100i64, 3 => 0..1_500i64, 1 => -2_000..0i64, 1 => 0..12_000i64];
     let request_id = prop_oneof![
         3 => Just(None),
         2 => (prop::sample::select(vec!["c1", "c2", ""]), 0..8u64)
@@ -1096,7 +1116,10 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 }
 
 fn caps_strategy() -> impl Strategy<Value = Caps> {
-    prop_oneof![Just(Caps::default()), (1..5usize, 1..8usize).prop_map(|(runners_max, locks_max)| Caps { runners_max, locks_max })]
+    prop_oneof![
+        Just(Caps::default()),
+        (1..5usize, 1..8usize).prop_map(|(runners_max, locks_max)| Caps { runners_max, locks_max })
+    ]
 }
 
 /// The ops as envelopes, their times walking by the deltas (never below 0).
@@ -1132,7 +1155,8 @@ fn assert_same_as_reference(index: usize, state: &State, reference: &Reference) 
         .map(|r| (r.address.clone(), (r.runner.clone(), r.healthy, r.machine_id, r.heartbeat_ms)))
         .collect();
     assert_eq!(runners, expected, "op {index}: runner records");
-    let locks: BTreeMap<_, _> = state.locks().iter().map(|(s, l)| (s.clone(), (l.address.clone(), l.acquired_at_ms))).collect();
+    let locks: BTreeMap<_, _> =
+        state.locks().iter().map(|(s, l)| (s.clone(), (l.address.clone(), l.acquired_at_ms))).collect();
     let expected: BTreeMap<_, _> =
         reference.locks.iter().map(|l| (l.shard_id.clone(), (l.address.clone(), l.acquired_at_ms))).collect();
     assert_eq!(locks, expected, "op {index}: lock records");

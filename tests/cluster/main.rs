@@ -5,3 +5,8 @@
 mod common;
 
 mod calls;
+mod failover;
+mod restart;
+mod snapshot;
+mod membership;
+mod bad_input;

@@ -7,13 +7,17 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use runner_storage::client::Client;
+use runner_storage::Encoded;
+use runner_storage::pb::v1::StatusResponse;
 use tokio::time::Instant;
 
 /// Raft tuning written into every node's config.
@@ -208,6 +212,29 @@ impl TestCluster {
         self.client().status_of(&self.address(leader)).await.expect("leader status").applied_index
     }
 
+    /// `Admin.Status` of node `id`, or `None` when it does not answer.
+    pub async fn status(&self, id: u64) -> Option<StatusResponse> {
+        self.client().status_of(&self.address(id)).await.ok()
+    }
+
+    /// Bytes in node `id`'s log file so far: pass to [`TestCluster::log_since`].
+    pub fn log_len(&self, id: u64) -> u64 {
+        std::fs::metadata(&self.nodes[&id].log_path).map_or(0, |metadata| metadata.len())
+    }
+
+    /// Node `id`'s log from byte `offset` on (all of it from 0).
+    pub fn log_since(&self, id: u64, offset: u64) -> String {
+        let bytes = std::fs::read(&self.nodes[&id].log_path).unwrap_or_default();
+        let start = usize::try_from(offset).map_or(bytes.len(), |offset| offset.min(bytes.len()));
+        String::from_utf8_lossy(&bytes[start..]).into_owned()
+    }
+
+    /// Panics unless node `id`'s process is still running (it did not crash).
+    pub fn assert_running(&mut self, id: u64) {
+        let child = self.nodes.get_mut(&id).and_then(|node| node.child.as_mut()).expect("node was started");
+        let exited = child.try_wait().expect("poll child");
+        assert!(exited.is_none(), "node {id} exited with {exited:?}; log in {}", self.dir.path().display());
+    }
 }
 
 fn signal(child: &Child, name: &str) {
@@ -249,5 +276,229 @@ where
     while !condition().await {
         assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Write workload: concurrent clients whose acknowledged writes are recorded,
+// so a fault test can check afterwards that none of them was lost.
+// ---------------------------------------------------------------------------
+
+/// Lock expiration for clusters under a workload: long enough that no runner
+/// or lock of a test run expires, so "present" and "held" are exact checks.
+pub const LOCK_EXPIRATION_LONG_MS: u64 = 10 * 60 * 1000;
+
+/// Longest a test waits for a leader that every running voter agrees on.
+pub const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Longest a test waits for a workload to make the progress it asks for.
+pub const PROGRESS_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// Longest a test waits for a restarted or new node to catch up.
+pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// Iterations one writer makes at most (its runner ports count up from 1).
+pub const WORKLOAD_ITERATIONS_MAX: u64 = 60_000;
+
+/// Writes one iteration of a writer makes: register, acquire, refresh.
+pub const WORKLOAD_WRITES_PER_ITERATION: u64 = 3;
+
+/// Effect's JSON of a runner at `host:port` in the default group.
+pub fn runner_json(host: &str, port: u16) -> String {
+    format!(r#"{{"address":{{"host":"{host}","port":{port}}},"groups":["default"],"weight":1}}"#)
+}
+
+/// A registration the cluster acknowledged.
+#[derive(Debug, Clone)]
+pub struct AckedRunner {
+    pub address: String,
+    pub runner: String,
+    pub machine_id: i64,
+}
+
+/// What the writers of a [`Workload`] sent and what was acknowledged.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    /// Host prefix of every runner of this workload.
+    pub tag: String,
+    /// Acknowledged registrations.
+    pub runners: Vec<AckedRunner>,
+    /// The JSON of every registration sent, acknowledged or not.
+    pub attempted_runners: BTreeSet<String>,
+    /// Per locking address, the shard ids whose acquire was acknowledged.
+    pub shards: BTreeMap<String, Vec<String>>,
+    /// Writes acknowledged.
+    pub writes_acked: u64,
+    /// Calls that failed: their outcome is unknown.
+    pub errors: Vec<String>,
+    /// Answers that contradict what was acknowledged before.
+    pub violations: Vec<String>,
+}
+
+/// `writers` tasks, each with its own [`Client`] knowing every endpoint.
+/// Writer `w` loops: register runner `{tag}-w{w}:{i+1}`, acquire shard
+/// `{tag}-w{w}:{i}` for address `{tag}-w{w}-locker:1`, refresh its two
+/// latest shards; each answer is checked and recorded in a [`Ledger`].
+pub struct Workload {
+    tag: String,
+    stop: Arc<AtomicBool>,
+    iterations: Vec<Arc<AtomicU64>>,
+    tasks: Vec<tokio::task::JoinHandle<Ledger>>,
+}
+
+impl Workload {
+    pub fn start(endpoints: Vec<String>, writers: u64, tag: &str) -> Workload {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workload = Workload { tag: tag.to_owned(), stop, iterations: Vec::new(), tasks: Vec::new() };
+        for writer in 0..writers {
+            let client = Client::new(endpoints.clone()).expect("client");
+            let iterations = Arc::new(AtomicU64::new(0));
+            let host = format!("{tag}-w{writer}");
+            workload.tasks.push(tokio::spawn(write_stream(client, host, workload.stop.clone(), iterations.clone())));
+            workload.iterations.push(iterations);
+        }
+        workload
+    }
+
+    /// Iterations completed so far, per writer.
+    pub fn iterations(&self) -> Vec<u64> {
+        self.iterations.iter().map(|count| count.load(Ordering::Relaxed)).collect()
+    }
+
+    /// Waits until every writer has completed `more` iterations beyond where it is now.
+    pub async fn wait_for_more(&self, more: u64, timeout: Duration) {
+        let targets: Vec<u64> = self.iterations().into_iter().map(|count| count + more).collect();
+        let what = format!("every writer of {} completes {more} more iterations", self.tag);
+        eventually(&what, timeout, || {
+            let done = self.iterations().iter().zip(&targets).all(|(count, target)| count >= target);
+            async move { done }
+        })
+        .await;
+    }
+
+    /// Waits until the writers together acknowledged at least `writes` writes since they started.
+    pub async fn wait_for_writes(&self, writes: u64, timeout: Duration) {
+        let what = format!("the writers of {} acknowledge {writes} writes", self.tag);
+        eventually(&what, timeout, || {
+            let done = self.iterations().iter().sum::<u64>() * WORKLOAD_WRITES_PER_ITERATION >= writes;
+            async move { done }
+        })
+        .await;
+    }
+
+    /// Stops the writers after their current iteration and merges their ledgers.
+    pub async fn finish(self) -> Ledger {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut ledger = Ledger { tag: self.tag, ..Ledger::default() };
+        for task in self.tasks {
+            let part = task.await.expect("writer task panicked");
+            ledger.runners.extend(part.runners);
+            ledger.attempted_runners.extend(part.attempted_runners);
+            ledger.shards.extend(part.shards);
+            ledger.writes_acked += part.writes_acked;
+            ledger.errors.extend(part.errors);
+            ledger.violations.extend(part.violations);
+        }
+        ledger
+    }
+}
+
+async fn write_stream(client: Client, host: String, stop: Arc<AtomicBool>, iterations: Arc<AtomicU64>) -> Ledger {
+    let mut ledger = Ledger::default();
+    let locker = format!("{host}-locker:1");
+    let mut acked_shards: Vec<String> = Vec::new();
+    for iteration in 0..WORKLOAD_ITERATIONS_MAX {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let port = u16::try_from(iteration + 1).expect("WORKLOAD_ITERATIONS_MAX fits the port range");
+        let address = format!("{host}:{port}");
+        let runner = runner_json(&host, port);
+        ledger.attempted_runners.insert(runner.clone());
+        match client.register(&address, &runner, true).await {
+            Ok(machine_id) => {
+                ledger.writes_acked += 1;
+                ledger.runners.push(AckedRunner { address: address.clone(), runner, machine_id });
+            }
+            Err(error) => ledger.errors.push(format!("register {address}: {error}")),
+        }
+        let shard = format!("{host}:{iteration}");
+        match client.acquire(&locker, std::slice::from_ref(&shard)).await {
+            Ok(acquired) if acquired == [shard.clone()] => {
+                ledger.writes_acked += 1;
+                acked_shards.push(shard);
+            }
+            Ok(acquired) => ledger.violations.push(format!("acquire [{shard}] by {locker} returned {acquired:?}")),
+            Err(error) => ledger.errors.push(format!("acquire {shard}: {error}")),
+        }
+        let recent = acked_shards[acked_shards.len().saturating_sub(2)..].to_vec();
+        match client.refresh(&locker, &recent).await {
+            Ok(refreshed) if refreshed == recent => ledger.writes_acked += 1,
+            Ok(refreshed) => ledger.violations.push(format!("refresh {recent:?} by {locker} returned {refreshed:?}")),
+            Err(error) => ledger.errors.push(format!("refresh {recent:?}: {error}")),
+        }
+        iterations.fetch_add(1, Ordering::Relaxed);
+    }
+    ledger.shards.insert(locker, acked_shards);
+    ledger
+}
+
+impl Ledger {
+    /// One line for the test output: what was written and what failed.
+    pub fn summary(&self) -> String {
+        let locks: usize = self.shards.values().map(Vec::len).sum();
+        format!(
+            "{}: {} writes acknowledged ({} runners, {locks} locks), {} failed calls",
+            self.tag,
+            self.writes_acked,
+            self.runners.len(),
+            self.errors.len()
+        )
+    }
+
+    /// Checks through `client` that every acknowledged write is in the
+    /// cluster's state: each acknowledged runner is live and healthy, in
+    /// machine-id order; nothing this workload never sent is there; every
+    /// acknowledged lock is still its address's (refresh returns exactly it)
+    /// and held against anyone else (another address acquires none of them).
+    pub async fn verify(&self, client: &Client) {
+        assert!(self.violations.is_empty(), "answers contradicted acknowledged writes: {:#?}", self.violations);
+        let present = client.get_runners().await.expect("get_runners");
+        self.verify_runners(&present);
+        let probe = format!("{}-probe:1", self.tag);
+        for (locker, shards) in self.shards.iter().filter(|(_, shards)| !shards.is_empty()) {
+            for chunk in shards.chunks(runner_storage::limits::SHARD_IDS_PER_CALL_MAX) {
+                let refreshed = client.refresh(locker, chunk).await.expect("refresh");
+                assert_eq!(refreshed, chunk, "acknowledged locks of {locker} are not all its own any more");
+                let taken = client.acquire(&probe, chunk).await.expect("acquire");
+                assert!(taken.is_empty(), "{probe} acquired locks acknowledged to {locker}: {taken:?}");
+            }
+        }
+    }
+
+    fn verify_runners(&self, present: &[(String, bool)]) {
+        let position: BTreeMap<&str, usize> =
+            present.iter().enumerate().map(|(index, (runner, _))| (runner.as_str(), index)).collect();
+        let missing: Vec<&str> = self
+            .runners
+            .iter()
+            .filter(|acked| !position.contains_key(acked.runner.as_str()))
+            .map(|acked| acked.address.as_str())
+            .collect();
+        assert!(missing.is_empty(), "{} acknowledged registrations missing: {missing:?}", missing.len());
+        let own = format!(r#""host":"{}-"#, self.tag);
+        for (runner, healthy) in present.iter().filter(|(runner, _)| runner.contains(&own)) {
+            assert!(self.attempted_runners.contains(runner), "a runner that was never registered: {runner}");
+            assert!(*healthy, "registered healthy, listed unhealthy: {runner}");
+        }
+        // get_runners is ordered by machine id: the acknowledged runners,
+        // sorted by the machine id each was given, must appear in that order.
+        let mut by_machine_id: Vec<&AckedRunner> = self.runners.iter().collect();
+        by_machine_id.sort_by_key(|acked| acked.machine_id);
+        for pair in by_machine_id.windows(2) {
+            assert!(pair[0].machine_id < pair[1].machine_id, "machine id given twice: {pair:?}");
+            let (first, second) = (position[pair[0].runner.as_str()], position[pair[1].runner.as_str()]);
+            assert!(first < second, "get_runners order disagrees with acknowledged machine ids: {pair:?}");
+        }
     }
 }
