@@ -174,9 +174,8 @@ impl Client {
     /// As [`Client::call`].
     pub async fn set_lock_expiration(&self, lock_expiration_ms: u64) -> Result<()> {
         let request = pb::SetLockExpirationRequest { lock_expiration_ms };
-        self.call(|channel| {
-            let request = request;
-            async move { pb::admin_client::AdminClient::new(channel).set_lock_expiration(request).await }
+        self.call(|channel| async move {
+            pb::admin_client::AdminClient::new(channel).set_lock_expiration(request).await
         })
         .await
         .map(|_| ())
