@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::model::RequestId;
 
 /// One write of the state machine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Command {
     /// Upsert a runner by address; heartbeat.
     Register {
@@ -186,5 +186,37 @@ impl Command {
             Command::ReleaseAll { .. } => "release_all",
             Command::SetLockExpiration { .. } => "set_lock_expiration",
         }
+    }
+}
+
+impl Command {
+    /// A stable 64-bit fingerprint of the command and its arguments, kept with
+    /// a deduplicated answer so that a request id reused for a different call
+    /// is refused instead of being answered with another call's reply.
+    ///
+    /// FNV-1a over the derived `Hash` feed: unlike `DefaultHasher`, its output
+    /// is fixed by this code, so every replica and every release agrees.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = Fnv1a(FNV_OFFSET_BASIS);
+        self.hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
+const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+struct Fnv1a(u64);
+
+impl std::hash::Hasher for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(FNV_PRIME);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }

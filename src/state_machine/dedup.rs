@@ -17,7 +17,8 @@ use crate::model::RequestId;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct ClientAnswers {
     last_seen_ms: u64,
-    answers: BTreeMap<u64, Reply>,
+    /// By sequence: the fingerprint of the command answered, and the answer.
+    answers: BTreeMap<u64, (u64, Reply)>,
 }
 
 /// The deduplication table.
@@ -32,14 +33,22 @@ impl Dedup {
     /// The remembered answer of `request_id`, `None` when it is new.
     ///
     /// # Errors
+    /// [`Error::FailedPrecondition`] when the sequence answered a command with
+    /// another `fingerprint`: the client reused a request id for another call.
     /// [`Error::FailedPrecondition`] when the client's table is full and the
     /// sequence is older than the oldest remembered: it may have been applied
     /// and forgotten, so applying it now could apply it twice.
-    pub(super) fn lookup(&mut self, request_id: &RequestId, now_ms: u64) -> Result<Option<Reply>> {
+    pub(super) fn lookup(&mut self, request_id: &RequestId, fingerprint: u64, now_ms: u64) -> Result<Option<Reply>> {
         let Some(client) = self.clients.get(&request_id.client_id) else {
             return Ok(None);
         };
-        if let Some(reply) = client.answers.get(&request_id.sequence) {
+        if let Some((answered_fingerprint, reply)) = client.answers.get(&request_id.sequence) {
+            if *answered_fingerprint != fingerprint {
+                return Err(Error::FailedPrecondition(format!(
+                    "request_id.sequence {} of client {:?} was already used for a different call",
+                    request_id.sequence, request_id.client_id
+                )));
+            }
             let reply = reply.clone();
             self.touch(&request_id.client_id, now_ms);
             return Ok(Some(reply));
@@ -59,7 +68,7 @@ impl Dedup {
     /// Remembers the answer to `request_id`, dropping the client's oldest
     /// answer past the per-client bound and the least recently seen client
     /// past the client bound.
-    pub(super) fn remember(&mut self, request_id: &RequestId, now_ms: u64, reply: Reply) {
+    pub(super) fn remember(&mut self, request_id: &RequestId, fingerprint: u64, now_ms: u64, reply: Reply) {
         if !self.clients.contains_key(&request_id.client_id) {
             if self.clients.len() >= DEDUP_CLIENTS_MAX {
                 self.forget_least_recently_seen();
@@ -69,7 +78,7 @@ impl Dedup {
         }
         self.touch(&request_id.client_id, now_ms);
         let client = self.clients.get_mut(&request_id.client_id).expect("client inserted above");
-        client.answers.insert(request_id.sequence, reply);
+        client.answers.insert(request_id.sequence, (fingerprint, reply));
         while client.answers.len() > DEDUP_SEQUENCES_PER_CLIENT_MAX {
             client.answers.pop_first();
         }

@@ -131,11 +131,12 @@ impl State {
         if let Err(error) = request_id.validate() {
             return Reply::rejected(error);
         }
-        match self.dedup.lookup(request_id, self.now_ms) {
+        let fingerprint = envelope.command.fingerprint();
+        match self.dedup.lookup(request_id, fingerprint, self.now_ms) {
             Ok(Some(reply)) => reply,
             Ok(None) => {
                 let reply = self.execute(&envelope.command);
-                self.dedup.remember(request_id, self.now_ms, reply.clone());
+                self.dedup.remember(request_id, fingerprint, self.now_ms, reply.clone());
                 reply
             }
             Err(error) => Reply::rejected(error),
