@@ -28,6 +28,7 @@ pub mod pb;
 // call site would only add allocations on the storage path.
 #[allow(clippy::result_large_err)]
 pub mod raft;
+pub mod read_barrier;
 pub mod service;
 pub mod state_machine;
 

@@ -25,6 +25,7 @@ use crate::raft::network::Network;
 use crate::raft::sm_store::{AppliedState, StateMachineStore};
 use crate::raft::typ::ForwardToLeader;
 use crate::raft::{NodeId, Raft};
+use crate::read_barrier::{BarrierOutcome, ReadBarrier};
 use crate::service::forward::Forwarder;
 use crate::state_machine::{Command, Envelope, Reply, State};
 
@@ -61,6 +62,8 @@ pub struct Node {
     pub state_machine: StateMachineStore,
     /// Channels to the leader for forwarded calls.
     pub forwarder: Forwarder,
+    /// Coalesces concurrent reads' barrier rounds.
+    read_barrier: ReadBarrier,
     /// Call counters and latencies, rendered for Prometheus.
     pub metrics: crate::metrics::Metrics,
     committed_index: Arc<AtomicU64>,
@@ -122,7 +125,18 @@ impl Node {
         }
         let forwarder = Forwarder::default();
         let metrics = crate::metrics::Metrics::new();
-        Ok(Arc::new(Node { id: config.node_id, raft, state_machine, forwarder, metrics, committed_index, db, planted_bug }))
+        let read_barrier = ReadBarrier::default();
+        Ok(Arc::new(Node {
+            id: config.node_id,
+            raft,
+            state_machine,
+            forwarder,
+            read_barrier,
+            metrics,
+            committed_index,
+            db,
+            planted_bug,
+        }))
     }
 
     /// Initialises a pristine node with the configured peers. Every node of a
@@ -180,20 +194,17 @@ impl Node {
             let applied = self.state_machine.read();
             return Ok(read(&applied.state, applied.state.now_ms().max(wall_clock_ms())));
         }
-        let barrier = tokio::time::timeout(RAFT_CALL_TIMEOUT, self.raft.ensure_linearizable())
+        let barrier = tokio::time::timeout(RAFT_CALL_TIMEOUT, self.read_barrier.pass(&self.raft))
             .await
             .map_err(|_| Error::unavailable("the read barrier did not pass in time (no quorum?)"))?;
         match barrier {
-            Ok(_) => {
+            BarrierOutcome::Passed => {
                 let applied = self.state_machine.read();
                 let now_ms = applied.state.now_ms().max(wall_clock_ms());
                 Ok(read(&applied.state, now_ms))
             }
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(forward))) => {
-                Err(not_leader(forward))
-            }
-            Err(RaftError::APIError(error)) => Err(Error::unavailable(error.to_string()).into()),
-            Err(RaftError::Fatal(fatal)) => Err(Error::unavailable(format!("this node has stopped: {fatal}")).into()),
+            BarrierOutcome::NotLeader(leader_address) => Err(CallError::NotLeader { leader_address }),
+            BarrierOutcome::Failed(reason) => Err(Error::unavailable(reason).into()),
         }
     }
 

@@ -110,15 +110,27 @@ where
         Ok(answer) => Ok(Response::new(answer)),
         Err(CallError::Failed(error)) => Err(status::to_status(error)),
         Err(CallError::NotLeader { leader_address }) => {
-            let Some(leader_address) = leader_address.filter(|_| !already_forwarded) else {
-                let message = format!("node {} is not the leader and the call cannot be forwarded", node.id);
-                return Err(status::to_status(Error::Unavailable { message, leader_hint: None }));
+            let leader_address = match leader_address {
+                Some(address) if !already_forwarded => address,
+                leader_hint => {
+                    let message = match &leader_hint {
+                        None => format!("node {} is not the leader and knows no leader", node.id),
+                        Some(leader) => format!("node {} is not the leader (forwarded once already; leader: {leader})", node.id),
+                    };
+                    return Err(status::to_status(Error::Unavailable { message, leader_hint }));
+                }
             };
             let channel = node.forwarder.channel(&leader_address).map_err(status::to_status)?;
             forward(channel, forward::forwarded_request(message, timeout)).await.map_err(|status| {
                 // Pass the leader's answer through, but add the hint so the
-                // client can go to the leader next time.
-                let mut status = status;
+                // client can go to the leader next time; name the leader when
+                // it could not be reached at all.
+                let mut status = if status.code() == tonic::Code::Unavailable {
+                    let message = format!("forwarding to the leader at {leader_address} failed: {}", status.message());
+                    Status::unavailable(message)
+                } else {
+                    status
+                };
                 if let Ok(value) = leader_address.parse() {
                     status.metadata_mut().insert(status::LEADER_ADDRESS_KEY, value);
                 }
