@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runner_storage::client::Client;
-use runner_storage::Encoded;
 use runner_storage::pb::v1::StatusResponse;
+use runner_storage::Encoded;
 use tokio::time::Instant;
 
 /// Raft tuning written into every node's config.

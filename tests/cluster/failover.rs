@@ -1,0 +1,81 @@
+//! Failover: the leader is SIGKILLed while clients write, a follower is
+//! stopped and restarted while clients write. No acknowledged write may be
+//! lost, and a node that comes back catches up from its own data dir.
+
+use crate::common::{
+    eventually, TestCluster, Workload, CATCH_UP_TIMEOUT, LEADER_TIMEOUT, LOCK_EXPIRATION_LONG_MS, PROGRESS_TIMEOUT,
+};
+
+/// Concurrent clients of each workload.
+const WRITERS: u64 = 4;
+
+/// Iterations every writer completes in each phase of a test.
+const ITERATIONS_PER_PHASE: u64 = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_mid_stream_loses_no_acknowledged_write() {
+    let mut cluster = TestCluster::start(3);
+    let old_leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    cluster.client().set_lock_expiration(LOCK_EXPIRATION_LONG_MS).await.unwrap();
+    let workload = Workload::start(cluster.endpoints(), WRITERS, "failover");
+    workload.wait_for_more(ITERATIONS_PER_PHASE, PROGRESS_TIMEOUT).await;
+
+    cluster.kill(old_leader);
+    let new_leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    assert_ne!(new_leader, old_leader, "the killed node cannot lead");
+    workload.wait_for_more(ITERATIONS_PER_PHASE, PROGRESS_TIMEOUT).await;
+    let ledger = workload.finish().await;
+    println!("{}", ledger.summary());
+    assert!(ledger.errors.is_empty(), "writes failed across the failover: {:#?}", ledger.errors);
+    ledger.verify(&cluster.client()).await;
+
+    // The killed node restarts from its data dir and catches up.
+    cluster.spawn(old_leader);
+    let applied = cluster.leader_applied_index().await;
+    cluster.wait_for_applied(old_leader, applied, CATCH_UP_TIMEOUT).await;
+    for id in 1..=3 {
+        cluster.assert_running(id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_stopped_mid_stream_restarts_with_everything() {
+    let mut cluster = TestCluster::start(3);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    cluster.client().set_lock_expiration(LOCK_EXPIRATION_LONG_MS).await.unwrap();
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let workload = Workload::start(cluster.endpoints(), WRITERS, "follower");
+    workload.wait_for_more(ITERATIONS_PER_PHASE, PROGRESS_TIMEOUT).await;
+
+    cluster.stop(follower);
+    workload.wait_for_more(ITERATIONS_PER_PHASE, PROGRESS_TIMEOUT).await;
+    cluster.spawn(follower);
+    workload.wait_for_more(ITERATIONS_PER_PHASE, PROGRESS_TIMEOUT).await;
+    let ledger = workload.finish().await;
+    println!("{}", ledger.summary());
+    assert!(ledger.errors.is_empty(), "writes failed while a follower was down: {:#?}", ledger.errors);
+    let applied = cluster.leader_applied_index().await;
+    cluster.wait_for_applied(follower, applied, CATCH_UP_TIMEOUT).await;
+    ledger.verify(&cluster.client()).await;
+
+    // What the follower applied is on its own disk: stopped again, and
+    // restarted alone (no leader to catch up from), it re-applies at least
+    // as far from its log.
+    let applied_before_stop = cluster.status(follower).await.expect("follower status").applied_index;
+    assert!(applied_before_stop >= applied, "follower went back from {applied} to {applied_before_stop}");
+    for id in std::iter::once(follower).chain((1..=3).filter(|id| *id != follower)) {
+        cluster.stop(id);
+    }
+    cluster.spawn(follower);
+    let what = format!("node {follower}, restarted alone, re-applies up to {applied_before_stop}");
+    let running = &cluster;
+    eventually(&what, CATCH_UP_TIMEOUT, move || async move {
+        running.status(follower).await.is_some_and(|status| status.applied_index >= applied_before_stop)
+    })
+    .await;
+    for id in (1..=3).filter(|id| *id != follower) {
+        cluster.spawn(id);
+    }
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    ledger.verify(&cluster.client()).await;
+}
