@@ -3,8 +3,11 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/conformance.rs"]
+mod conformance;
 
 mod calls;
+mod conformance_clusters;
 mod failover;
 mod restart;
 mod snapshot;
