@@ -601,8 +601,28 @@ fn retried_request_returns_the_same_answer_and_is_not_applied_twice() {
 fn remembered_rejection_is_returned_again() {
     check(vec![
         invalid(with_request(0, "c", 1, register("a:1", true).with_runner("[]")), "runner"),
-        invalid(with_request(1, "c", 1, register("a:1", true)), "runner"),
+        invalid(with_request(1, "c", 1, register("a:1", true).with_runner("[]")), "runner"),
+        Step::DedupSizes(1, 1),
+    ]);
+}
+
+#[test]
+fn request_id_reused_for_a_different_call_is_refused() {
+    let reused = |command| {
+        Step::Apply(with_request(2, "c", 1, command), Expect::Rejected(RejectionKind::FailedPrecondition, "sequence"))
+    };
+    check(vec![
+        ok(with_request(0, "c", 1, acquire("a:1", &["g:1"])), shards(&["g:1"])),
+        ok(at(1, release_all("a:1")), Reply::Done),
+        // Another call, or the same call with other arguments: neither is applied.
+        reused(register("a:1", true)),
+        reused(acquire("a:1", &["g:2"])),
+        reused(acquire("b:2", &["g:1"])),
         machine_id("a:1", None),
+        Step::Lock("g:2", None),
+        // The original call is still answered from memory.
+        ok(with_request(3, "c", 1, acquire("a:1", &["g:1"])), shards(&["g:1"])),
+        Step::Lock("g:1", None),
     ]);
 }
 
@@ -633,8 +653,11 @@ fn out_of_order_sequences_are_each_applied_once() {
 #[test]
 fn sequence_older_than_a_full_table_is_refused() {
     let full = limits::DEDUP_SEQUENCES_PER_CLIENT_MAX as u64;
-    let mut steps: Vec<Step> =
-        (1..=full).map(|sequence| no_op(with_request(0, "c", sequence, set_health("a:1", true)))).collect();
+    let acquire_own =
+        |sequence: u64| Command::Acquire { address: "a:1".into(), shard_ids: vec![format!("g:{sequence}")] };
+    let mut steps: Vec<Step> = (1..=full)
+        .map(|sequence| ok(with_request(0, "c", sequence, acquire_own(sequence)), shards(&[&format!("g:{sequence}")])))
+        .collect();
     let stale = |sequence| {
         Step::Apply(
             with_request(1, "c", sequence, register("a:1", true)),
@@ -645,12 +668,13 @@ fn sequence_older_than_a_full_table_is_refused() {
         Step::DedupSizes(1, full as usize),
         stale(0),
         // 1025 pushes 1 out; 1 is then refused, 2 is still remembered.
-        ok(with_request(1, "c", full + 1, acquire("a:1", &["g:1"])), shards(&["g:1"])),
+        ok(with_request(1, "c", full + 1, release_all("a:1")), Reply::Done),
         Step::DedupSizes(1, full as usize),
         stale(1),
         machine_id("a:1", None),
-        ok(with_request(1, "c", 2, register("a:1", true)), Reply::Done),
-        machine_id("a:1", None),
+        // 2 is answered from memory: not applied again.
+        ok(with_request(1, "c", 2, acquire_own(2)), shards(&["g:2"])),
+        Step::Lock("g:2", None),
     ]);
     check(steps);
 }
@@ -845,7 +869,8 @@ mod reference {
     struct Client {
         client_id: String,
         last_seen_ms: u64,
-        answers: Vec<(u64, Reply)>,
+        /// `(sequence, command, answer)`: a retry must be the same command.
+        answers: Vec<(u64, Command, Reply)>,
     }
 
     #[derive(Debug, Clone)]
@@ -917,11 +942,14 @@ mod reference {
                 return rejected(RejectionKind::InvalidArgument);
             }
             if let Some(client) = self.clients.iter_mut().find(|c| c.client_id == request_id.client_id) {
-                if let Some((_, reply)) = client.answers.iter().find(|(s, _)| *s == request_id.sequence) {
+                if let Some((_, command, reply)) = client.answers.iter().find(|(s, _, _)| *s == request_id.sequence) {
+                    if *command != envelope.command {
+                        return rejected(RejectionKind::FailedPrecondition);
+                    }
                     client.last_seen_ms = now_ms;
                     return reply.clone();
                 }
-                let oldest = client.answers.iter().map(|(s, _)| *s).min();
+                let oldest = client.answers.iter().map(|(s, _, _)| *s).min();
                 if client.answers.len() >= 1024 && oldest.is_some_and(|oldest| request_id.sequence < oldest) {
                     return rejected(RejectionKind::FailedPrecondition);
                 }
@@ -933,7 +961,7 @@ mod reference {
             }
             let client = self.clients.iter_mut().find(|c| c.client_id == request_id.client_id).expect("added");
             client.last_seen_ms = now_ms;
-            client.answers.push((request_id.sequence, reply.clone()));
+            client.answers.push((request_id.sequence, envelope.command.clone(), reply.clone()));
             reply
         }
 

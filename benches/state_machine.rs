@@ -1,0 +1,226 @@
+//! Benchmarks of the pure state machine: `cargo bench --bench state_machine`.
+//!
+//! A plain `main` (harness = false) printing, each as the median of 3 runs:
+//! - 1,000,000 `Acquire`s of one shard each, 300 shards contended by 1,000
+//!   runners while time advances, so some acquires take a free shard, some
+//!   renew their own, some lose to a holder and some take over an expired lock;
+//! - `get_runners` at 1,000 / 10,000 / 100,000 runners, to show it is linear;
+//! - a postcard snapshot of 10,000 runners and 30,000 locks, out and back.
+//!
+//! Envelopes are built before the clock starts, so only `apply` is timed.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use runner_storage::state_machine::{Caps, Command, Envelope, Reply, State};
+
+/// Runs of each measurement; the median is reported.
+const RUNS: usize = 3;
+/// The lock expiration `E` of every benchmark, Effect's default.
+const LOCK_EXPIRATION_MS: u64 = 35_000;
+
+fn main() {
+    println!("state_machine bench (median of {RUNS} runs)");
+    bench_acquire();
+    bench_get_runners();
+    bench_snapshot();
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    assert_eq!(samples.len(), RUNS, "one sample per run");
+    samples.sort();
+    samples[RUNS / 2]
+}
+
+fn address(runner: usize) -> String {
+    format!("10.0.{}.{}:{}", runner / 250, runner % 250, 34_000 + runner % 7)
+}
+
+fn register(state: &mut State, runner: usize, time_ms: u64) {
+    let address = address(runner);
+    let (host, port) = address.rsplit_once(':').expect("host:port");
+    let runner = format!(r#"{{"address":{{"host":"{host}","port":{port}}},"groups":["default"],"weight":1}}"#);
+    let reply = state.apply(&Envelope {
+        time_ms,
+        request_id: None,
+        command: Command::Register { address, runner, healthy: true },
+    });
+    assert!(matches!(reply, Reply::MachineId(_)), "register failed: {reply:?}");
+}
+
+// ---- Acquire ----
+
+const ACQUIRES: usize = 1_000_000;
+const ACQUIRE_SHARDS: usize = 300;
+const ACQUIRE_RUNNERS: usize = 1_000;
+/// Built and applied in chunks so the envelopes of a million commands are never all in memory.
+const ACQUIRE_CHUNK: usize = 100_000;
+/// Time advances 1 ms every this many commands: 100 s over the run.
+const ACQUIRES_PER_MS: usize = 10;
+/// A short `E`, so that locks of runners that stop asking expire within the run.
+const ACQUIRE_LOCK_EXPIRATION_MS: u64 = 1_000;
+/// Every shard gets a new owner this often; the old one stops renewing, so
+/// the new one takes over once the old lock expired.
+const OWNER_EPOCH_MS: usize = 5_000;
+
+/// The `index`-th acquire as `(runner, shard, time)`: even commands come from
+/// the shard's current owner, odd ones from a runner picked pseudo-randomly.
+fn acquire_plan(index: usize) -> (usize, usize, u64) {
+    let shard = index % ACQUIRE_SHARDS;
+    let time_ms = index / ACQUIRES_PER_MS;
+    let runner = if index % 2 == 0 {
+        (shard * 7 + (time_ms / OWNER_EPOCH_MS) * 13) % ACQUIRE_RUNNERS
+    } else {
+        (index.wrapping_mul(7_919) ^ (index >> 9)) % ACQUIRE_RUNNERS
+    };
+    (runner, shard, time_ms as u64)
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct AcquireOutcomes {
+    first: usize,
+    renewed: usize,
+    taken_over: usize,
+    refused: usize,
+}
+
+/// Classifies the outcomes after the fact (not timed): success means the
+/// runner now holds the shard, so the previous holder tells which kind.
+fn classify(successes: &[bool]) -> AcquireOutcomes {
+    let mut holders: Vec<Option<usize>> = vec![None; ACQUIRE_SHARDS];
+    let mut outcomes = AcquireOutcomes::default();
+    for (index, success) in successes.iter().enumerate() {
+        let (runner, shard, _) = acquire_plan(index);
+        match (success, holders[shard]) {
+            (false, _) => outcomes.refused += 1,
+            (true, None) => outcomes.first += 1,
+            (true, Some(holder)) if holder == runner => outcomes.renewed += 1,
+            (true, Some(_)) => outcomes.taken_over += 1,
+        }
+        if *success {
+            holders[shard] = Some(runner);
+        }
+    }
+    outcomes
+}
+
+/// Applies the million acquires; returns the time spent in `apply` and which succeeded.
+fn run_acquires(addresses: &[String], shard_ids: &[String]) -> (Duration, Vec<bool>) {
+    let mut state = State::new(ACQUIRE_LOCK_EXPIRATION_MS);
+    let mut elapsed = Duration::ZERO;
+    let mut successes = Vec::with_capacity(ACQUIRES);
+    for chunk_start in (0..ACQUIRES).step_by(ACQUIRE_CHUNK) {
+        let envelopes: Vec<Envelope> = (chunk_start..chunk_start + ACQUIRE_CHUNK)
+            .map(|index| {
+                let (runner, shard, time_ms) = acquire_plan(index);
+                let shard_ids = vec![shard_ids[shard].clone()];
+                Envelope {
+                    time_ms,
+                    request_id: None,
+                    command: Command::Acquire { address: addresses[runner].clone(), shard_ids },
+                }
+            })
+            .collect();
+        let started = Instant::now();
+        for envelope in &envelopes {
+            successes.push(matches!(state.apply(envelope), Reply::ShardIds(acquired) if !acquired.is_empty()));
+        }
+        elapsed += started.elapsed();
+    }
+    assert_eq!(state.locks().len(), ACQUIRE_SHARDS, "every shard has a record");
+    (elapsed, successes)
+}
+
+fn bench_acquire() {
+    let addresses: Vec<String> = (0..ACQUIRE_RUNNERS).map(address).collect();
+    let shard_ids: Vec<String> = (0..ACQUIRE_SHARDS).map(|shard| format!("default:{shard}")).collect();
+    let mut successes = Vec::new();
+    let samples = (0..RUNS)
+        .map(|_| {
+            let (elapsed, run_successes) = run_acquires(&addresses, &shard_ids);
+            successes = run_successes;
+            elapsed
+        })
+        .collect();
+    let total = median(samples);
+    let outcomes = classify(&successes);
+    println!(
+        "acquire: {ACQUIRES} x 1 shard ({ACQUIRE_SHARDS} shards, {ACQUIRE_RUNNERS} runners, E = {ACQUIRE_LOCK_EXPIRATION_MS} ms): \
+         {:.1} ms total, {:.0} ns/op",
+        total.as_secs_f64() * 1e3,
+        total.as_nanos() as f64 / ACQUIRES as f64
+    );
+    println!(
+        "  outcomes: {} first, {} renewed, {} taken over after expiry, {} refused (held by another)",
+        outcomes.first, outcomes.renewed, outcomes.taken_over, outcomes.refused
+    );
+}
+
+// ---- get_runners ----
+
+fn bench_get_runners() {
+    for runners in [1_000, 10_000, 100_000] {
+        // Past the default cap of 65,536 runners for the largest size.
+        let caps = Caps { runners_max: runners, ..Caps::default() };
+        let mut state = State::with_caps(LOCK_EXPIRATION_MS, caps);
+        let started = Instant::now();
+        for runner in 0..runners {
+            register(&mut state, runner, 0);
+        }
+        let setup = started.elapsed();
+        assert_eq!(state.get_runners(1).len(), runners, "every runner is live");
+        // Enough calls for ~10^7 runners read per sample.
+        let calls = (10_000_000 / runners).max(10);
+        let samples = (0..RUNS)
+            .map(|_| {
+                let started = Instant::now();
+                for _ in 0..calls {
+                    black_box(state.get_runners(black_box(1)));
+                }
+                started.elapsed() / calls as u32
+            })
+            .collect();
+        let per_call = median(samples);
+        println!(
+            "get_runners: {runners:>7} runners: {:>9.1} us/call, {:.1} ns/runner (setup: {runners} registers in {:.1} ms)",
+            per_call.as_secs_f64() * 1e6,
+            per_call.as_nanos() as f64 / runners as f64,
+            setup.as_secs_f64() * 1e3
+        );
+    }
+}
+
+// ---- Snapshots ----
+
+const SNAPSHOT_RUNNERS: usize = 10_000;
+const SNAPSHOT_LOCKS_PER_RUNNER: usize = 3;
+
+fn bench_snapshot() {
+    let mut state = State::new(LOCK_EXPIRATION_MS);
+    for runner in 0..SNAPSHOT_RUNNERS {
+        register(&mut state, runner, 0);
+        let shard_ids = (0..SNAPSHOT_LOCKS_PER_RUNNER).map(|i| format!("default:{}", runner * 3 + i)).collect();
+        let command = Command::Acquire { address: address(runner), shard_ids };
+        state.apply(&Envelope { time_ms: 0, request_id: None, command });
+    }
+    assert_eq!(state.locks().len(), SNAPSHOT_RUNNERS * SNAPSHOT_LOCKS_PER_RUNNER);
+    let mut bytes = Vec::new();
+    let mut serialise = Vec::new();
+    let mut restore = Vec::new();
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        bytes = postcard::to_allocvec(&state).expect("a state serialises");
+        serialise.push(started.elapsed());
+        let started = Instant::now();
+        let restored: State = postcard::from_bytes(&bytes).expect("a snapshot restores");
+        restore.push(started.elapsed());
+        assert!(restored == state, "the snapshot restores an equal state");
+    }
+    println!(
+        "snapshot (postcard): {SNAPSHOT_RUNNERS} runners + {} locks = {:.1} MiB: serialise {:.1} ms, restore {:.1} ms",
+        SNAPSHOT_RUNNERS * SNAPSHOT_LOCKS_PER_RUNNER,
+        bytes.len() as f64 / (1024.0 * 1024.0),
+        median(serialise).as_secs_f64() * 1e3,
+        median(restore).as_secs_f64() * 1e3
+    );
+}
