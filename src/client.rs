@@ -24,8 +24,8 @@ use crate::limits;
 use crate::pb::admin as admin_pb;
 use crate::pb::v1 as pb;
 use crate::pb::v1::runner_storage_client::RunnerStorageClient;
-use crate::raft::network::peer_channel;
 use crate::service::status::from_status;
+use crate::transport::Dialer;
 
 /// Default time one call may take, retries included.
 pub const CALL_DEADLINE_DEFAULT: Duration = Duration::from_secs(10);
@@ -46,6 +46,22 @@ pub struct Client {
     client_id: String,
     next_sequence: AtomicU64,
     call_deadline: Duration,
+    dialer: Dialer,
+}
+
+/// How a [`Client`] reaches the cluster.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Time one call may take, retries included.
+    pub call_deadline: Duration,
+    /// TLS and bearer token (plaintext, no token by default).
+    pub dialer: Dialer,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions { call_deadline: CALL_DEADLINE_DEFAULT, dialer: Dialer::default() }
+    }
 }
 
 impl Client {
@@ -62,6 +78,15 @@ impl Client {
     /// # Errors
     /// As [`Client::new`].
     pub fn with_deadline(endpoints: Vec<String>, call_deadline: Duration) -> Result<Self> {
+        Self::with_options(endpoints, ClientOptions { call_deadline, ..ClientOptions::default() })
+    }
+
+    /// As [`Client::new`], with every option.
+    ///
+    /// # Errors
+    /// As [`Client::new`].
+    pub fn with_options(endpoints: Vec<String>, options: ClientOptions) -> Result<Self> {
+        let ClientOptions { call_deadline, dialer } = options;
         if endpoints.is_empty() {
             return Err(Error::InvalidArgument("endpoints is empty".into()));
         }
@@ -77,6 +102,7 @@ impl Client {
             client_id,
             next_sequence: AtomicU64::new(1),
             call_deadline,
+            dialer,
         })
     }
 
@@ -117,18 +143,19 @@ impl Client {
             return Ok(channel.clone());
         }
         let channel =
-            peer_channel(endpoint).map_err(|e| Error::InvalidArgument(format!("endpoint {endpoint:?}: {e}")))?;
+            self.dialer.channel(endpoint).map_err(|e| Error::InvalidArgument(format!("endpoint {endpoint:?}: {e}")))?;
         channels.insert(endpoint.to_owned(), channel.clone());
         Ok(channel)
     }
 
     /// Runs `call` against the leader, retrying retryable failures across
-    /// endpoints with backoff until the deadline.
+    /// endpoints with backoff until the deadline; one attempt lasts at most
+    /// `attempt_timeout_max`.
     ///
     /// # Errors
     /// The first non-retryable error, or the last retryable one (as
     /// `DeadlineExceeded` when time ran out mid-attempt).
-    pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T>
+    pub async fn call<T, F, Fut>(&self, attempt_timeout_max: Duration, mut call: F) -> Result<T>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
@@ -137,10 +164,10 @@ impl Client {
         let mut backoff = BACKOFF_INITIAL;
         loop {
             let endpoint = self.current_endpoint();
-            let attempt_timeout = deadline.saturating_duration_since(Instant::now()).min(ATTEMPT_TIMEOUT);
+            let attempt_timeout = deadline.saturating_duration_since(Instant::now()).min(attempt_timeout_max);
             let error = match tokio::time::timeout(attempt_timeout, call(self.channel(&endpoint)?)).await {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
-                Ok(Err(status)) => from_status(status),
+                Ok(Err(status)) => self.explain(&endpoint, status),
                 Err(_) => Error::unavailable(format!("no answer from {endpoint} within {attempt_timeout:?}")),
             };
             let Error::Unavailable { leader_hint, message } = error else {
@@ -158,14 +185,27 @@ impl Client {
         }
     }
 
+    /// The [`Error`] of a failed attempt, naming a plaintext-versus-TLS
+    /// mismatch, which gRPC reports only as an HTTP/2 protocol error.
+    fn explain(&self, endpoint: &str, status: tonic::Status) -> Error {
+        let protocol_error = status.code() == tonic::Code::Internal && status.message().contains("h2 protocol error");
+        if protocol_error && !self.dialer.uses_tls() {
+            return Error::Unauthenticated(format!(
+                "{endpoint} did not speak plaintext gRPC: the cluster probably uses TLS; \
+                 connect with its CA (--tls-ca or RUNNER_STORAGE_TLS_CA)"
+            ));
+        }
+        from_status(status)
+    }
+
     /// `Admin.Status` of the node at `endpoint` (no retries, no redirection).
     ///
     /// # Errors
     /// When the node does not answer.
     pub async fn status_of(&self, endpoint: &str) -> Result<pb::StatusResponse> {
         let mut admin = pb::admin_client::AdminClient::new(self.channel(endpoint)?);
-        let request = with_timeout(pb::StatusRequest {}, ATTEMPT_TIMEOUT);
-        admin.status(request).await.map(tonic::Response::into_inner).map_err(from_status)
+        let request = self.request(pb::StatusRequest {}, ATTEMPT_TIMEOUT);
+        admin.status(request).await.map(tonic::Response::into_inner).map_err(|status| self.explain(endpoint, status))
     }
 
     /// Sets the cluster-wide lock expiration.
@@ -173,23 +213,23 @@ impl Client {
     /// # Errors
     /// As [`Client::call`].
     pub async fn set_lock_expiration(&self, lock_expiration_ms: u64) -> Result<()> {
-        let request = pb::SetLockExpirationRequest { lock_expiration_ms };
-        self.call(|channel| async move {
+        let message = pb::SetLockExpirationRequest { lock_expiration_ms };
+        self.request_call(message, ATTEMPT_TIMEOUT, |channel, request| async move {
             pb::admin_client::AdminClient::new(channel).set_lock_expiration(request).await
         })
         .await
         .map(|_| ())
     }
 
-    /// Adds a node as a learner and waits until it caught up.
+    /// Adds a node as a learner and waits until it caught up (which may
+    /// take a snapshot transfer: the attempt may last the whole deadline).
     ///
     /// # Errors
     /// As [`Client::call`].
     pub async fn add_learner(&self, node_id: u64, address: &str) -> Result<admin_pb::MembershipResponse> {
-        let request = admin_pb::AddLearnerRequest { node_id, address: address.to_owned() };
-        self.call(|channel| {
-            let request = request.clone();
-            async move { admin_pb::cluster_client::ClusterClient::new(channel).add_learner(request).await }
+        let message = admin_pb::AddLearnerRequest { node_id, address: address.to_owned() };
+        self.request_call(message, self.call_deadline, |channel, request| async move {
+            admin_pb::cluster_client::ClusterClient::new(channel).add_learner(request).await
         })
         .await
     }
@@ -203,10 +243,9 @@ impl Client {
         voter_ids: Vec<u64>,
         remove_learners: bool,
     ) -> Result<admin_pb::MembershipResponse> {
-        let request = admin_pb::ChangeMembershipRequest { voter_ids, remove_learners };
-        self.call(|channel| {
-            let request = request.clone();
-            async move { admin_pb::cluster_client::ClusterClient::new(channel).change_membership(request).await }
+        let message = admin_pb::ChangeMembershipRequest { voter_ids, remove_learners };
+        self.request_call(message, self.call_deadline, |channel, request| async move {
+            admin_pb::cluster_client::ClusterClient::new(channel).change_membership(request).await
         })
         .await
     }
@@ -217,8 +256,18 @@ impl Client {
     /// When the node does not answer.
     pub async fn trigger_snapshot(&self, endpoint: &str) -> Result<()> {
         let mut cluster = admin_pb::cluster_client::ClusterClient::new(self.channel(endpoint)?);
-        let request = with_timeout(admin_pb::TriggerSnapshotRequest {}, ATTEMPT_TIMEOUT);
+        let request = self.request(admin_pb::TriggerSnapshotRequest {}, ATTEMPT_TIMEOUT);
         cluster.trigger_snapshot(request).await.map(|_| ()).map_err(from_status)
+    }
+
+    /// [`Client::call`] with `message` sent as a request with a timeout and the token.
+    async fn request_call<M, T, F, Fut>(&self, message: M, attempt_timeout: Duration, send: F) -> Result<T>
+    where
+        M: Clone,
+        F: Fn(Channel, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call(attempt_timeout, |channel| send(channel, self.request(message.clone(), attempt_timeout))).await
     }
 
     async fn runner_call<M, T, F, Fut>(&self, message: M, send: F) -> Result<T>
@@ -227,20 +276,24 @@ impl Client {
         F: Fn(RunnerStorageClient<Channel>, tonic::Request<M>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.call(|channel| {
+        self.request_call(message, ATTEMPT_TIMEOUT, |channel, request| {
             let client = RunnerStorageClient::new(channel)
                 .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
-            send(client, with_timeout(message.clone(), ATTEMPT_TIMEOUT))
+            send(client, request)
         })
         .await
     }
 }
 
-fn with_timeout<M>(message: M, timeout: Duration) -> tonic::Request<M> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(timeout);
-    request
+impl Client {
+    /// `message` as a request with a timeout and this client's token.
+    fn request<M>(&self, message: M, timeout: Duration) -> tonic::Request<M> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(timeout);
+        self.dialer.authorize(&mut request);
+        request
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -86,6 +86,15 @@ pub struct NodeConfig {
     /// Where to serve Prometheus metrics over HTTP (`GET /metrics`); none when absent.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Bearer token clients (and peers) must present; prefer `auth_token_file`.
+    #[serde(default)]
+    pub auth_token: Option<String>,
+    /// File holding the bearer token (trailing newline ignored).
+    #[serde(default)]
+    pub auth_token_file: Option<PathBuf>,
+    /// TLS for every connection; peers authenticate each other by certificate.
+    #[serde(default)]
+    pub tls: Option<crate::transport::TlsFiles>,
     /// The lock expiration written when this node bootstraps the cluster.
     #[serde(default)]
     pub initial_lock_expiration_ms: Option<u64>,
@@ -104,6 +113,9 @@ impl NodeConfig {
             data_dir: PathBuf::from("data"),
             peers: vec![Peer { id: 1, address: listen.to_string() }],
             metrics_listen: None,
+            auth_token: None,
+            auth_token_file: None,
+            tls: None,
             initial_lock_expiration_ms: None,
             raft: RaftTuning::default(),
         }
@@ -124,6 +136,27 @@ impl NodeConfig {
     /// entry when it has one, else `listen`.
     pub fn advertised_address(&self) -> String {
         self.peers.iter().find(|peer| peer.id == self.node_id).map_or_else(|| self.listen.to_string(), |peer| peer.address.clone())
+    }
+
+    /// The bearer token, from `auth_token` or `auth_token_file`.
+    ///
+    /// # Errors
+    /// When the token file cannot be read or is empty.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        let Some(path) = &self.auth_token_file else { return Ok(self.auth_token.clone()) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read auth_token_file {}", path.display()))?;
+        let token = text.trim_end_matches(['\n', '\r']).to_owned();
+        ensure!(!token.is_empty(), "auth_token_file {} is empty", path.display());
+        Ok(Some(token))
+    }
+
+    /// How this node dials its peers: its TLS identity and the token.
+    ///
+    /// # Errors
+    /// When a TLS file or the token file cannot be read.
+    pub fn peer_dialer(&self) -> anyhow::Result<crate::transport::Dialer> {
+        let tls = self.tls.as_ref().map(crate::transport::TlsFiles::peer_client_config).transpose()?;
+        crate::transport::Dialer::new(tls, self.token()?.as_deref())
     }
 
     /// Checks each field and how fields relate.
@@ -149,6 +182,13 @@ impl NodeConfig {
                 "initial_lock_expiration_ms must be in 1..={}",
                 limits::LOCK_EXPIRATION_MS_MAX
             );
+        }
+        ensure!(
+            self.auth_token.is_none() || self.auth_token_file.is_none(),
+            "set auth_token or auth_token_file, not both"
+        );
+        if let Some(token) = &self.auth_token {
+            ensure!(!token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()), "auth_token must be printable ASCII without spaces");
         }
         self.raft.validate()
     }

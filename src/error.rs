@@ -29,6 +29,10 @@ pub enum Error {
         /// The leader's client address, when a node knows it.
         leader_hint: Option<String>,
     },
+    /// The caller is not allowed: a missing or wrong bearer token, a missing
+    /// peer certificate, or a plaintext client against a TLS cluster.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
     /// The caller's deadline passed before an answer arrived.
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),

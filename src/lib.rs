@@ -31,6 +31,7 @@ pub mod raft;
 pub mod read_barrier;
 pub mod service;
 pub mod state_machine;
+pub mod transport;
 
 pub use error::{Error, Result};
 pub use interface::{make_encoded, Encoded, RunnerStorage};

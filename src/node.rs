@@ -116,14 +116,15 @@ impl Node {
         let state_machine = StateMachineStore::open(&db, State::default()).context("cannot open the state machine")?;
         let raft_config = Arc::new(raft_config(config)?);
         let committed_index = log_store.committed_index();
-        let raft = Raft::new(config.node_id, raft_config, Network, log_store, state_machine.clone())
+        let dialer = config.peer_dialer()?;
+        let raft = Raft::new(config.node_id, raft_config, Network::new(dialer.clone()), log_store, state_machine.clone())
             .await
             .context("cannot start Raft")?;
         let planted_bug = PlantedBug::from_env()?;
         if let Some(bug) = planted_bug {
             tracing::warn!(?bug, "PLANTED BUG ACTIVE: this node is deliberately incorrect (checker tests only)");
         }
-        let forwarder = Forwarder::default();
+        let forwarder = Forwarder::new(dialer);
         let metrics = crate::metrics::Metrics::new();
         let read_barrier = ReadBarrier::default();
         Ok(Arc::new(Node {

@@ -11,9 +11,36 @@ pub struct CtlArgs {
     /// Comma-separated `host:port` endpoints of the cluster's nodes.
     #[arg(long, env = "RUNNER_STORAGE_ENDPOINTS", default_value = "127.0.0.1:7001", value_delimiter = ',')]
     pub endpoints: Vec<String>,
+    /// Connection security (TLS CA, bearer token).
+    #[command(flatten)]
+    pub security: ClientSecurityArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: CtlCommand,
+}
+
+/// How a command-line client connects: TLS and the bearer token.
+#[derive(Debug, Clone, Args)]
+pub struct ClientSecurityArgs {
+    /// CA certificate (PEM) of a TLS cluster; connects in plaintext without it.
+    #[arg(long, env = "RUNNER_STORAGE_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Bearer token, when the cluster requires one.
+    #[arg(long, env = "RUNNER_STORAGE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ClientSecurityArgs {
+    /// A client of `endpoints` with these settings.
+    ///
+    /// # Errors
+    /// When the CA file cannot be read or an endpoint is malformed.
+    pub fn client(&self, endpoints: Vec<String>) -> anyhow::Result<Client> {
+        let tls = self.tls_ca.as_deref().map(crate::transport::Dialer::client_tls).transpose()?;
+        let dialer = crate::transport::Dialer::new(tls, self.token.as_deref())?;
+        let options = crate::client::ClientOptions { dialer, ..Default::default() };
+        Ok(Client::with_options(endpoints, options)?)
+    }
 }
 
 /// The `ctl` subcommands.
@@ -65,7 +92,7 @@ pub enum MembersCommand {
 /// # Errors
 /// When the cluster cannot be reached or refuses the change.
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
-    let client = Client::new(args.endpoints.clone())?;
+    let client = args.security.client(args.endpoints.clone())?;
     match args.command {
         CtlCommand::Status { json } => print_status(&client, &args.endpoints, json).await,
         CtlCommand::Members(command) => members(&client, &args.endpoints, command).await,

@@ -45,7 +45,11 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         bootstrapped,
         "runner-storage node serving"
     );
-    service::serve(node.clone(), listener, shutdown_signal()).await.context("gRPC server failed")?;
+    let security = service::ServerSecurity {
+        tls: config.tls.as_ref().map(crate::transport::TlsFiles::server_config).transpose()?,
+        token: config.token()?,
+    };
+    service::serve(node.clone(), listener, security, shutdown_signal()).await.context("gRPC server failed")?;
     tracing::info!(node_id = config.node_id, "shutting down");
     node.shutdown().await;
     Ok(())

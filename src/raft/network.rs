@@ -6,13 +6,11 @@
 //! not guaranteed: a peer that cannot be reached is reported `Unreachable`,
 //! which makes openraft back off instead of retrying in a tight loop.
 
-use std::time::Duration;
-
 use openraft::error::{NetworkError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::AnyError;
 use serde::{de::DeserializeOwned, Serialize};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::typ::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -20,21 +18,28 @@ use super::typ::{
 };
 use super::{Node, NodeId, TypeConfig};
 use crate::limits;
+use crate::transport::Dialer;
 use crate::pb::raft::raft_client::RaftClient;
 use crate::pb::raft::RaftPayload;
 
-/// Time to open a TCP connection to a peer before calling it unreachable.
-const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// Makes a [`PeerClient`] per target node.
+/// Makes a [`PeerClient`] per target node, all dialled with one [`Dialer`].
 #[derive(Debug, Clone, Default)]
-pub struct Network;
+pub struct Network {
+    dialer: Dialer,
+}
+
+impl Network {
+    /// A network that dials peers with `dialer` (TLS identity, token).
+    pub fn new(dialer: Dialer) -> Self {
+        Network { dialer }
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
-        PeerClient::new(target, node.clone())
+        PeerClient::new(target, node.clone(), self.dialer.clone())
     }
 }
 
@@ -43,29 +48,17 @@ pub struct PeerClient {
     target: NodeId,
     node: Node,
     client: Option<RaftClient<Channel>>,
-}
-
-/// A lazily connecting channel to `address` (`host:port`) for node-to-node traffic.
-///
-/// # Errors
-/// When `address` does not form a valid URI.
-pub fn peer_channel(address: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{address}"))?
-        .connect_timeout(PEER_CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy())
+    dialer: Dialer,
 }
 
 impl PeerClient {
-    fn new(target: NodeId, node: Node) -> Self {
-        let client = peer_channel(&node.addr).ok().map(|channel| {
+    fn new(target: NodeId, node: Node, dialer: Dialer) -> Self {
+        let client = dialer.channel(&node.addr).ok().map(|channel| {
             RaftClient::new(channel)
                 .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
         });
-        PeerClient { target, node, client }
+        PeerClient { target, node, client, dialer }
     }
 
     /// Encodes `request`, sends it with `send`, and decodes the peer's `Result`.
@@ -84,6 +77,7 @@ impl PeerClient {
         let data = postcard::to_allocvec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut grpc_request = tonic::Request::new(RaftPayload { data });
         grpc_request.set_timeout(option.hard_ttl());
+        self.dialer.authorize(&mut grpc_request);
         let response = send(client, grpc_request).await.map_err(|status| status_to_rpc_error(&status))?;
         let result: Result<Resp, RaftError<E>> =
             postcard::from_bytes(&response.into_inner().data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use tonic::transport::Channel;
 
 use crate::error::Error;
-use crate::raft::network::peer_channel;
+use crate::transport::Dialer;
 
 /// Metadata key marking a call forwarded by another node.
 pub const FORWARDED_KEY: &str = "x-runner-storage-forwarded";
@@ -19,10 +19,23 @@ pub const FORWARDED_KEY: &str = "x-runner-storage-forwarded";
 /// Channels to the nodes this node has forwarded to, by address.
 #[derive(Debug, Default)]
 pub struct Forwarder {
+    dialer: Dialer,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl Forwarder {
+    /// A forwarder that dials leaders with `dialer`.
+    pub fn new(dialer: Dialer) -> Self {
+        Forwarder { dialer, channels: Mutex::new(HashMap::new()) }
+    }
+
+    /// Marks `message` forwarded, keeps the caller's deadline, adds the token.
+    pub fn request<T>(&self, message: T, timeout: Option<std::time::Duration>) -> tonic::Request<T> {
+        let mut request = forwarded_request(message, timeout);
+        self.dialer.authorize(&mut request);
+        request
+    }
+
     /// A (lazily connected) channel to `address`.
     ///
     /// # Errors
@@ -32,7 +45,9 @@ impl Forwarder {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let channel = peer_channel(address)
+        let channel = self
+            .dialer
+            .channel(address)
             .map_err(|e| Error::unavailable(format!("leader address {address:?} is not usable: {e}")))?;
         channels.insert(address.to_owned(), channel.clone());
         Ok(channel)

@@ -26,17 +26,35 @@ use crate::limits;
 use crate::node::{CallError, Node};
 use crate::pb;
 use crate::raft::server::RaftService;
+use crate::transport;
+
+/// Who may call a node: TLS on the port, and the bearer token.
+#[derive(Debug, Clone, Default)]
+pub struct ServerSecurity {
+    /// TLS for the whole port (plaintext connections are then refused).
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Bearer token every caller must present.
+    pub token: Option<String>,
+}
 
 /// Serves every gRPC service of `node` on `listener` until `shutdown` completes.
 ///
+/// The client and admin services require the token (when set); the Raft
+/// service requires a certificate of the cluster's CA (with TLS) and the token.
+/// Health and reflection stay open, as orchestrators' probes expect.
+///
 /// # Errors
-/// When the server fails (the listener broke).
+/// When the TLS settings are rejected or the server fails (the listener broke).
 pub async fn serve(
     node: Arc<Node>,
     listener: TcpListener,
+    security: ServerSecurity,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    use tonic::service::interceptor::InterceptedService;
     let bytes_max = limits::GRPC_MESSAGE_BYTES_MAX;
+    let client_check = transport::require_token(security.token.clone());
+    let peer_check = transport::require_peer(security.tls.is_some(), security.token.clone());
     let runner_storage = pb::v1::runner_storage_server::RunnerStorageServer::new(
         runner_storage::RunnerStorageService::new(node.clone()),
     )
@@ -54,13 +72,17 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("the compiled-in descriptor sets are valid");
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = security.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .tcp_nodelay(true)
         .concurrency_limit_per_connection(limits::CONCURRENT_REQUESTS_PER_CONNECTION_MAX)
-        .add_service(runner_storage)
-        .add_service(admin)
-        .add_service(cluster)
-        .add_service(raft)
+        .add_service(InterceptedService::new(runner_storage, client_check.clone()))
+        .add_service(InterceptedService::new(admin, client_check.clone()))
+        .add_service(InterceptedService::new(cluster, client_check))
+        .add_service(InterceptedService::new(raft, peer_check))
         .add_service(health)
         .add_service(reflection)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
@@ -121,7 +143,7 @@ where
                 }
             };
             let channel = node.forwarder.channel(&leader_address).map_err(status::to_status)?;
-            forward(channel, forward::forwarded_request(message, timeout)).await.map_err(|status| {
+            forward(channel, node.forwarder.request(message, timeout)).await.map_err(|status| {
                 // Pass the leader's answer through, but add the hint so the
                 // client can go to the leader next time; name the leader when
                 // it could not be reached at all.

@@ -18,6 +18,7 @@ pub fn to_status(error: Error) -> Status {
         Error::ResourceExhausted(message) => Status::resource_exhausted(message),
         Error::FailedPrecondition(message) => Status::failed_precondition(message),
         Error::DeadlineExceeded(message) => Status::deadline_exceeded(message),
+        Error::Unauthenticated(message) => Status::unauthenticated(message),
         Error::Unavailable { message, leader_hint } => {
             let mut status = Status::unavailable(message);
             if let Some(value) = leader_hint.and_then(|hint| hint.parse().ok()) {
@@ -37,6 +38,7 @@ pub fn from_status(status: Status) -> Error {
         Code::ResourceExhausted => Error::ResourceExhausted(message),
         Code::FailedPrecondition => Error::FailedPrecondition(message),
         Code::DeadlineExceeded => Error::DeadlineExceeded(message),
+        Code::Unauthenticated | Code::PermissionDenied => Error::Unauthenticated(message),
         Code::Unavailable | Code::Cancelled | Code::Aborted | Code::Unknown => {
             let leader_hint =
                 status.metadata().get(LEADER_ADDRESS_KEY).and_then(|value| value.to_str().ok()).map(str::to_owned);
