@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, ServerState};
+use openraft::{BasicNode, ChangeMembers, ServerState};
 
 use crate::clock::wall_clock_ms;
 use crate::config::NodeConfig;
@@ -293,6 +293,10 @@ fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
 /// catch up, which may mean sending a whole snapshot.
 pub const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Longest a new learner may take to catch up before it is removed again.
+/// Shorter than the client's default deadline, so the caller gets the reason.
+pub const LEARNER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(8);
+
 /// The membership after a change: log index, voters, learners.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MembershipView {
@@ -315,8 +319,38 @@ impl Node {
         }
         crate::model::RunnerAddress::parse(&address)
             .map_err(|_| Error::InvalidArgument(format!("address {address:?} is not host:port")))?;
-        let change = self.raft.add_learner(node_id, BasicNode::new(address), true);
-        Self::membership_result(tokio::time::timeout(MEMBERSHIP_CHANGE_TIMEOUT, change).await)
+        let change = self.raft.add_learner(node_id, BasicNode::new(address.clone()), false);
+        let view = Self::membership_result(tokio::time::timeout(MEMBERSHIP_CHANGE_TIMEOUT, change).await)?;
+        if self.wait_for_learner(node_id, view.log_index).await {
+            return Ok(view);
+        }
+        // A learner that cannot be replicated to (unreachable, or refused by
+        // TLS) would stay in the membership forever: take it out again.
+        let removal = self.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node_id])), false);
+        if let Err(error) = Self::membership_result(tokio::time::timeout(MEMBERSHIP_CHANGE_TIMEOUT, removal).await) {
+            tracing::warn!(node_id, ?error, "could not remove the learner that did not catch up");
+        }
+        Err(Error::FailedPrecondition(format!(
+            "node {node_id} at {address} did not catch up within {LEARNER_CATCH_UP_TIMEOUT:?} \
+             (unreachable, or its certificate is not the cluster's?); it was removed again"
+        ))
+        .into())
+    }
+
+    /// Polls the leader's replication progress until `node_id` has matched
+    /// `log_index`; false after [`LEARNER_CATCH_UP_TIMEOUT`].
+    async fn wait_for_learner(&self, node_id: NodeId, log_index: u64) -> bool {
+        let deadline = tokio::time::Instant::now() + LEARNER_CATCH_UP_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
+            let matched = self.raft.metrics().borrow().replication.as_ref().and_then(|progress| {
+                progress.get(&node_id).copied().flatten().map(|log_id| log_id.index)
+            });
+            if matched.is_some_and(|index| index >= log_index) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
     }
 
     /// Makes `voter_ids` exactly the voters; keeps other members as learners

@@ -10,6 +10,7 @@ mod calls;
 mod conformance_clusters;
 mod failover;
 mod restart;
+mod security;
 mod snapshot;
 mod membership;
 mod bad_input;

@@ -26,11 +26,21 @@ pub struct Tuning {
     pub snapshot_logs_since_last: u64,
     pub logs_kept_after_snapshot: u64,
     pub initial_lock_expiration_ms: Option<u64>,
+    /// Bearer token every node requires (and the harness's client sends).
+    pub auth_token: Option<String>,
+    /// TLS: a `scripts/gen-certs.sh` directory with `ca.pem` and `node{id}.pem`/`node{id}-key.pem`.
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning { snapshot_logs_since_last: 10_000, logs_kept_after_snapshot: 1_000, initial_lock_expiration_ms: None }
+        Tuning {
+            snapshot_logs_since_last: 10_000,
+            logs_kept_after_snapshot: 1_000,
+            initial_lock_expiration_ms: None,
+            auth_token: None,
+            tls_dir: None,
+        }
     }
 }
 
@@ -85,6 +95,18 @@ impl TestCluster {
         let mut text = format!("node_id = {id}\nlisten = \"{address}\"\ndata_dir = \"{}\"\n", data_dir.display());
         if let Some(expiration) = self.tuning.initial_lock_expiration_ms {
             text += &format!("initial_lock_expiration_ms = {expiration}\n");
+        }
+        if let Some(token) = &self.tuning.auth_token {
+            text += &format!("auth_token = \"{token}\"\n");
+        }
+        if let Some(tls_dir) = &self.tuning.tls_dir {
+            let file = |name: &str| tls_dir.join(name).display().to_string();
+            text += &format!(
+                "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                file("ca.pem"),
+                file(&format!("node{id}.pem")),
+                file(&format!("node{id}-key.pem"))
+            );
         }
         for (peer_id, peer_address) in peers {
             text += &format!("[[peers]]\nid = {peer_id}\naddress = \"{peer_address}\"\n");
@@ -164,7 +186,12 @@ impl TestCluster {
     }
 
     pub fn client(&self) -> Client {
-        Client::new(self.endpoints()).expect("client")
+        let tls = self.tuning.tls_dir.as_ref().map(|dir| {
+            runner_storage::transport::Dialer::client_tls(&dir.join("ca.pem")).expect("read the test CA")
+        });
+        let dialer = runner_storage::transport::Dialer::new(tls, self.tuning.auth_token.as_deref()).expect("dialer");
+        let options = runner_storage::client::ClientOptions { dialer, ..Default::default() };
+        Client::with_options(self.endpoints(), options).expect("client")
     }
 
     /// Polls the running nodes until one says it leads and every running
