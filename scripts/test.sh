@@ -21,6 +21,7 @@ apt_install() {
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
 command -v kill >/dev/null || apt_install procps
+command -v openssl >/dev/null || apt_install openssl
 
 # --- Rust ----------------------------------------------------------------------
 log "cargo fmt --check"

@@ -250,6 +250,35 @@ impl Client {
         .await
     }
 
+    /// Every runner record, on the leader after a read barrier.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn list_runners(&self) -> Result<admin_pb::ListRunnersResponse> {
+        self.request_call(admin_pb::ListRunnersRequest {}, ATTEMPT_TIMEOUT, |channel, request| async move {
+            admin_pb::inspect_client::InspectClient::new(channel)
+                .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
+                .list_runners(request)
+                .await
+        })
+        .await
+    }
+
+    /// Lock records, filtered by group and holder when those are not empty.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn list_locks(&self, group: &str, address: &str) -> Result<admin_pb::ListLocksResponse> {
+        let message = admin_pb::ListLocksRequest { group: group.to_owned(), address: address.to_owned() };
+        self.request_call(message, ATTEMPT_TIMEOUT, |channel, request| async move {
+            admin_pb::inspect_client::InspectClient::new(channel)
+                .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
+                .list_locks(request)
+                .await
+        })
+        .await
+    }
+
     /// Asks the node at `endpoint` to build a snapshot now.
     ///
     /// # Errors

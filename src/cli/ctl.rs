@@ -62,6 +62,24 @@ pub enum CtlCommand {
     },
     /// Build a snapshot now on every endpoint.
     Snapshot,
+    /// Registered runners: machine id, address, health, liveness, heartbeat age.
+    Runners {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shard locks: shard, holder, age, held or expired.
+    Locks {
+        /// Only this shard group.
+        #[arg(long, default_value = "")]
+        group: String,
+        /// Only locks of this holder address.
+        #[arg(long, default_value = "")]
+        address: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Membership changes.
@@ -101,6 +119,8 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             println!("lock expiration set to {lock_expiration_ms} ms");
             Ok(())
         }
+        CtlCommand::Runners { json } => print_runners(&client.list_runners().await?, json),
+        CtlCommand::Locks { group, address, json } => print_locks(&client.list_locks(&group, &address).await?, json),
         CtlCommand::Snapshot => {
             for endpoint in &args.endpoints {
                 client.trigger_snapshot(endpoint).await.with_context(|| format!("snapshot on {endpoint}"))?;
@@ -170,4 +190,45 @@ async fn first_status(client: &Client, endpoints: &[String]) -> anyhow::Result<c
         }
     }
     anyhow::bail!("no endpoint answered Status")
+}
+
+fn print_runners(response: &crate::pb::admin::ListRunnersResponse, json: bool) -> anyhow::Result<()> {
+    if json {
+        let rows: Vec<serde_json::Value> = response
+            .runners
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "machine_id": r.machine_id, "address": r.address, "healthy": r.healthy, "live": r.live,
+                    "heartbeat_age_ms": r.heartbeat_age_ms, "runner": r.runner,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("{:>10} {:<28} {:<8} {:<5} {:>14}", "MACHINE_ID", "ADDRESS", "HEALTHY", "LIVE", "HEARTBEAT_AGE");
+    for r in &response.runners {
+        println!("{:>10} {:<28} {:<8} {:<5} {:>12}ms", r.machine_id, r.address, r.healthy, r.live, r.heartbeat_age_ms);
+    }
+    println!("{} runners; lock expiration {} ms", response.runners.len(), response.lock_expiration_ms);
+    Ok(())
+}
+
+fn print_locks(response: &crate::pb::admin::ListLocksResponse, json: bool) -> anyhow::Result<()> {
+    if json {
+        let rows: Vec<serde_json::Value> = response
+            .locks
+            .iter()
+            .map(|l| serde_json::json!({"shard_id": l.shard_id, "address": l.address, "age_ms": l.age_ms, "held": l.held}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("{:<24} {:<28} {:>10} {:<5}", "SHARD", "HOLDER", "AGE", "HELD");
+    for l in &response.locks {
+        println!("{:<24} {:<28} {:>8}ms {:<5}", l.shard_id, l.address, l.age_ms, l.held);
+    }
+    println!("{} locks; lock expiration {} ms", response.locks.len(), response.lock_expiration_ms);
+    Ok(())
 }

@@ -87,6 +87,7 @@ impl ShardId {
     pub fn parse(shard_id: &str) -> Result<Self> {
         let (group, id) = split_shard_id(shard_id)?;
         let id = id.parse::<i64>().map_err(|_| invalid(format!("shard_id {shard_id:?} has an id out of range")))?;
+        debug_assert!(id.to_string().len() <= 20, "split_shard_id admits only i64 ids");
         Ok(ShardId { group: group.to_owned(), id })
     }
 }
@@ -110,8 +111,8 @@ pub fn split_shard_id(shard_id: &str) -> Result<(&str, &str)> {
         return Err(invalid(format!("shard_id {shard_id:?} is not group:integer")));
     };
     let digits = id.strip_prefix('-').unwrap_or(id);
-    if !is_canonical_decimal(digits) || id == "-0" || digits.len() > 19 {
-        return Err(invalid(format!("shard_id {shard_id:?} is not group:integer")));
+    if !is_canonical_decimal(digits) || id == "-0" || id.parse::<i64>().is_err() {
+        return Err(invalid(format!("shard_id {shard_id:?} is not group:integer (a 64-bit integer id)")));
     }
     Ok((group, id))
 }
@@ -286,7 +287,8 @@ mod tests {
 
     #[test]
     fn shard_id_rejects_malformed() {
-        for bad in ["", "g", "g:", "g:x", "g:01", "g:-0", "g:1.5", "g:99999999999999999999"] {
+        for bad in ["", "g", "g:", "g:x", "g:01", "g:-0", "g:1.5", "g:99999999999999999999", "g:9999999999999999999"] {
+            assert!(split_shard_id(bad).is_err(), "{bad}");
             let err = ShardId::parse(bad).unwrap_err();
             assert!(err.to_string().contains("shard_id"), "{bad}: {err}");
         }

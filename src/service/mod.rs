@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod forward;
+pub mod inspect;
 pub mod observe;
 pub mod runner_storage;
 pub mod status;
@@ -62,6 +63,8 @@ pub async fn serve(
     .max_encoding_message_size(bytes_max);
     let admin = pb::v1::admin_server::AdminServer::new(admin::AdminService::new(node.clone()));
     let cluster = pb::admin::cluster_server::ClusterServer::new(admin::ClusterService::new(node.clone()));
+    let inspect = pb::admin::inspect_server::InspectServer::new(inspect::InspectService::new(node.clone()))
+        .max_encoding_message_size(bytes_max);
     let raft = pb::raft::raft_server::RaftServer::new(RaftService::new(node.raft.clone()))
         .max_decoding_message_size(bytes_max)
         .max_encoding_message_size(bytes_max);
@@ -81,7 +84,8 @@ pub async fn serve(
         .concurrency_limit_per_connection(limits::CONCURRENT_REQUESTS_PER_CONNECTION_MAX)
         .add_service(InterceptedService::new(runner_storage, client_check.clone()))
         .add_service(InterceptedService::new(admin, client_check.clone()))
-        .add_service(InterceptedService::new(cluster, client_check))
+        .add_service(InterceptedService::new(cluster, client_check.clone()))
+        .add_service(InterceptedService::new(inspect, client_check))
         .add_service(InterceptedService::new(raft, peer_check))
         .add_service(health)
         .add_service(reflection)

@@ -13,4 +13,5 @@ mod restart;
 mod security;
 mod snapshot;
 mod membership;
+mod operations;
 mod bad_input;

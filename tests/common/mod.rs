@@ -28,6 +28,8 @@ pub struct Tuning {
     pub initial_lock_expiration_ms: Option<u64>,
     /// Bearer token every node requires (and the harness's client sends).
     pub auth_token: Option<String>,
+    /// Serve Prometheus metrics on a free port per node (`NodeProcess::metrics_address`).
+    pub metrics: bool,
     /// TLS: a `scripts/gen-certs.sh` directory with `ca.pem` and `node{id}.pem`/`node{id}-key.pem`.
     pub tls_dir: Option<PathBuf>,
 }
@@ -39,6 +41,7 @@ impl Default for Tuning {
             logs_kept_after_snapshot: 1_000,
             initial_lock_expiration_ms: None,
             auth_token: None,
+            metrics: false,
             tls_dir: None,
         }
     }
@@ -51,6 +54,8 @@ pub struct NodeProcess {
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     pub child: Option<Child>,
+    /// `host:port` of the node's metrics endpoint, when `Tuning::metrics`.
+    pub metrics_address: Option<String>,
 }
 
 /// A cluster of node processes.
@@ -96,6 +101,10 @@ impl TestCluster {
         if let Some(expiration) = self.tuning.initial_lock_expiration_ms {
             text += &format!("initial_lock_expiration_ms = {expiration}\n");
         }
+        let metrics_address = self.tuning.metrics.then(|| format!("127.0.0.1:{}", free_port()));
+        if let Some(metrics_address) = &metrics_address {
+            text += &format!("metrics_listen = \"{metrics_address}\"\n");
+        }
         if let Some(token) = &self.tuning.auth_token {
             text += &format!("auth_token = \"{token}\"\n");
         }
@@ -117,7 +126,7 @@ impl TestCluster {
         );
         std::fs::write(&config_path, text).expect("write node config");
         let log_path = self.dir.path().join(format!("node{id}.log"));
-        self.nodes.insert(id, NodeProcess { id, address: address.to_owned(), config_path, log_path, child: None });
+        self.nodes.insert(id, NodeProcess { id, address: address.to_owned(), config_path, log_path, child: None, metrics_address });
     }
 
     /// Starts (or restarts) node `id` from its config and data dir.
