@@ -1,0 +1,278 @@
+//! The single-call workloads: `register`, `acquire`, `refresh`, `get-runners`.
+//!
+//! Each one sets up what its tasks need (outside the measured part), drives
+//! its tasks with [`drive`], and cleans up after itself (unregisters its
+//! runners, releases its locks) so runs do not disturb each other. Runner
+//! addresses are `bench-<workload>-<task>:1`; no real runner uses them.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use clap::Args;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+
+use super::report::{Call, Recorder};
+use super::{drive, run_steps, ClientPool, RunPlan};
+use crate::interface::Encoded;
+use crate::model::{Runner, RunnerAddress};
+
+/// Shards the `acquire` workload competes for (`default:0..300`), as an Effect
+/// cluster's default group.
+pub const ACQUIRE_SHARDS: usize = 300;
+/// Shards each `refresh` task holds.
+pub const REFRESH_SHARDS_PER_TASK: usize = 10;
+/// Setup and teardown calls in flight at once.
+const SETUP_PARALLEL: usize = 64;
+
+/// Flags of `acquire`.
+#[derive(Debug, Clone, Args)]
+pub struct AcquireArgs {
+    /// Chance that a task releases a shard right after winning it.
+    #[arg(long, default_value_t = 0.5)]
+    pub release_probability: f64,
+}
+
+impl Default for AcquireArgs {
+    fn default() -> Self {
+        AcquireArgs { release_probability: 0.5 }
+    }
+}
+
+/// Flags of `get-runners`.
+#[derive(Debug, Clone, Args)]
+pub struct GetRunnersArgs {
+    /// Runners registered before the run, so every answer lists this many.
+    #[arg(long, default_value_t = 100)]
+    pub runners: usize,
+}
+
+impl Default for GetRunnersArgs {
+    fn default() -> Self {
+        GetRunnersArgs { runners: 100 }
+    }
+}
+
+/// The address and Effect JSON of bench runner `index` of `workload`.
+pub fn bench_runner(workload: &str, index: usize) -> (String, String) {
+    let address = RunnerAddress::new(format!("bench-{workload}-{index}"), 1);
+    let runner = Runner { address: address.clone(), groups: vec!["default".into()], weight: 1.0 };
+    (address.to_string(), runner.to_json())
+}
+
+/// Unregisters `addresses` and releases all their locks (teardown).
+async fn clean_up(pool: &ClientPool, addresses: Vec<String>, recorder: &mut Recorder) -> anyhow::Result<()> {
+    let client = pool.client(0);
+    let steps = addresses
+        .into_iter()
+        .map(|address| {
+            let client = Arc::clone(&client);
+            async move {
+                client.release_all(&address).await?;
+                client.unregister(&address).await
+            }
+        })
+        .collect();
+    let failures = run_steps("teardown", SETUP_PARALLEL, steps).await?;
+    recorder.note_always("teardown.failed", failures);
+    Ok(())
+}
+
+/// `register`: each task re-registers its own runner in a loop.
+///
+/// # Errors
+/// When teardown times out.
+pub async fn register(plan: &RunPlan) -> anyhow::Result<(Call, Recorder)> {
+    let pool = ClientPool::new(&plan.endpoints, plan.concurrency)?;
+    let mut recorder = drive(&pool, plan, |index, client, window| async move {
+        let (address, runner) = bench_runner("register", index);
+        let mut recorder = Recorder::new();
+        while window.running() {
+            let start = Instant::now();
+            let result = client.register(&address, &runner, true).await;
+            recorder.record(Call::Register, &window, start, &result);
+        }
+        recorder
+    })
+    .await;
+    let addresses = (0..plan.concurrency).map(|i| bench_runner("register", i).0).collect();
+    clean_up(&pool, addresses, &mut recorder).await?;
+    Ok((Call::Register, recorder))
+}
+
+/// `acquire`: tasks compete for [`ACQUIRE_SHARDS`] shards, one random shard
+/// per call, so conflicts happen. A task releases a shard it won with
+/// `release_probability`, and keeps at most `ACQUIRE_SHARDS / (2 × C)` (at
+/// least 1), releasing its oldest past that, so about half the pool stays
+/// free and the pool keeps moving.
+///
+/// # Errors
+/// When the flags are out of range or teardown times out.
+pub async fn acquire(plan: &RunPlan, args: &AcquireArgs) -> anyhow::Result<(Call, Recorder)> {
+    anyhow::ensure!((0.0..=1.0).contains(&args.release_probability), "--release-probability must be within 0..=1");
+    let pool = ClientPool::new(&plan.endpoints, plan.concurrency)?;
+    let shard_ids: Arc<Vec<String>> = Arc::new((0..ACQUIRE_SHARDS).map(|i| format!("default:{i}")).collect());
+    let held_max = (ACQUIRE_SHARDS / (2 * plan.concurrency)).max(1);
+    let release_probability = args.release_probability;
+    let mut recorder = drive(&pool, plan, |index, client, window| {
+        let shard_ids = Arc::clone(&shard_ids);
+        async move {
+            let (address, _) = bench_runner("acquire", index);
+            let mut recorder = Recorder::new();
+            let mut rng = StdRng::from_entropy();
+            let mut held: VecDeque<usize> = VecDeque::new();
+            while window.running() {
+                let shard = rng.gen_range(0..shard_ids.len());
+                let start = Instant::now();
+                let result = client.acquire(&address, std::slice::from_ref(&shard_ids[shard])).await;
+                recorder.record(Call::Acquire, &window, start, &result);
+                let won = matches!(&result, Ok(got) if !got.is_empty());
+                match &result {
+                    Ok(_) if won => recorder.note(&window, start, "acquire.won", 1),
+                    Ok(_) => recorder.note(&window, start, "acquire.conflict", 1),
+                    Err(_) => {}
+                }
+                if !won || held.contains(&shard) {
+                    continue;
+                }
+                held.push_back(shard);
+                let release = if rng.gen_bool(release_probability) {
+                    held.pop_back()
+                } else if held.len() > held_max {
+                    held.pop_front()
+                } else {
+                    None
+                };
+                if let Some(shard) = release {
+                    if !window.running() {
+                        break;
+                    }
+                    let start = Instant::now();
+                    let result = client.release(&address, &shard_ids[shard]).await;
+                    recorder.record(Call::Release, &window, start, &result);
+                }
+            }
+            recorder
+        }
+    })
+    .await;
+    let addresses = (0..plan.concurrency).map(|i| bench_runner("acquire", i).0).collect();
+    clean_up(&pool, addresses, &mut recorder).await?;
+    Ok((Call::Acquire, recorder))
+}
+
+/// The [`REFRESH_SHARDS_PER_TASK`] shards of `refresh` task `index`, distinct per task.
+fn refresh_shards(index: usize) -> Vec<String> {
+    (0..REFRESH_SHARDS_PER_TASK).map(|k| format!("bench-refresh:{}", index * REFRESH_SHARDS_PER_TASK + k)).collect()
+}
+
+/// `refresh`: each task holds [`REFRESH_SHARDS_PER_TASK`] shards (acquired in
+/// setup) and refreshes them in a loop; an answer missing one counts as
+/// `refresh.lost`.
+///
+/// # Errors
+/// When setup fails (a shard could not be acquired) or a step times out.
+pub async fn refresh(plan: &RunPlan) -> anyhow::Result<(Call, Recorder)> {
+    let pool = ClientPool::new(&plan.endpoints, plan.concurrency)?;
+    let steps = (0..plan.concurrency)
+        .map(|index| {
+            let client = pool.client(index);
+            async move {
+                let (address, runner) = bench_runner("refresh", index);
+                let shard_ids = refresh_shards(index);
+                client.register(&address, &runner, true).await?;
+                let got = client.acquire(&address, &shard_ids).await?;
+                if got.len() == shard_ids.len() {
+                    Ok(())
+                } else {
+                    Err(crate::Error::FailedPrecondition(format!("{address} got {} of its shards", got.len())))
+                }
+            }
+        })
+        .collect();
+    let failures = run_steps("refresh setup", SETUP_PARALLEL, steps).await?;
+    anyhow::ensure!(failures == 0, "refresh setup: {failures} tasks could not register and acquire their shards");
+    let mut recorder = drive(&pool, plan, |index, client, window| async move {
+        let (address, _) = bench_runner("refresh", index);
+        let shard_ids = refresh_shards(index);
+        let mut recorder = Recorder::new();
+        while window.running() {
+            let start = Instant::now();
+            let result = client.refresh(&address, &shard_ids).await;
+            recorder.record(Call::Refresh, &window, start, &result);
+            if let Ok(kept) = &result {
+                let lost = (shard_ids.len() - kept.len().min(shard_ids.len())) as u64;
+                if lost > 0 {
+                    recorder.note(&window, start, "refresh.lost", lost);
+                }
+            }
+        }
+        recorder
+    })
+    .await;
+    let addresses = (0..plan.concurrency).map(|i| bench_runner("refresh", i).0).collect();
+    clean_up(&pool, addresses, &mut recorder).await?;
+    Ok((Call::Refresh, recorder))
+}
+
+/// `get-runners`: `args.runners` runners are registered in setup; tasks call
+/// getRunners in a loop. An answer listing fewer counts as `get_runners.short`
+/// (it should never happen within one run: registrations live for the lock
+/// expiration, 35 s by default).
+///
+/// # Errors
+/// When setup fails or a step times out.
+pub async fn get_runners(plan: &RunPlan, args: &GetRunnersArgs) -> anyhow::Result<(Call, Recorder)> {
+    let pool = ClientPool::new(&plan.endpoints, plan.concurrency)?;
+    let client = pool.client(0);
+    let steps = (0..args.runners)
+        .map(|index| {
+            let client = Arc::clone(&client);
+            async move {
+                let (address, runner) = bench_runner("get-runners", index);
+                client.register(&address, &runner, true).await.map(|_| ())
+            }
+        })
+        .collect();
+    let failures = run_steps("get-runners setup", SETUP_PARALLEL, steps).await?;
+    anyhow::ensure!(failures == 0, "get-runners setup: {failures} registrations failed");
+    let expected = args.runners;
+    let mut recorder = drive(&pool, plan, |_, client, window| async move {
+        let mut recorder = Recorder::new();
+        while window.running() {
+            let start = Instant::now();
+            let result = client.get_runners().await;
+            recorder.record(Call::GetRunners, &window, start, &result);
+            if matches!(&result, Ok(runners) if runners.len() < expected) {
+                recorder.note(&window, start, "get_runners.short", 1);
+            }
+        }
+        recorder
+    })
+    .await;
+    let addresses = (0..args.runners).map(|i| bench_runner("get-runners", i).0).collect();
+    clean_up(&pool, addresses, &mut recorder).await?;
+    Ok((Call::GetRunners, recorder))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_runners_are_valid_effect_runners() {
+        let (address, runner) = bench_runner("acquire", 7);
+        assert_eq!(address, "bench-acquire-7:1");
+        let parsed = RunnerAddress::parse(&address).expect("valid address");
+        crate::model::encoding::validate_runner_json(&parsed, &runner).expect("valid runner JSON");
+    }
+
+    #[test]
+    fn refresh_shards_are_distinct_between_tasks() {
+        let a = refresh_shards(0);
+        let b = refresh_shards(1);
+        assert_eq!(a.len(), REFRESH_SHARDS_PER_TASK);
+        assert!(a.iter().all(|shard_id| !b.contains(shard_id)));
+    }
+}
