@@ -338,8 +338,12 @@ impl Encoded for Client {
     }
 
     async fn register(&self, address: &str, runner: &str, healthy: bool) -> Result<i64> {
-        let message =
-            pb::RegisterRequest { address: address.into(), runner: runner.into(), healthy, request_id: self.request_id() };
+        let message = pb::RegisterRequest {
+            address: address.into(),
+            runner: runner.into(),
+            healthy,
+            request_id: self.request_id(),
+        };
         Ok(self.runner_call(message, |mut c, r| async move { c.register(r).await }).await?.machine_id)
     }
 
@@ -354,14 +358,20 @@ impl Encoded for Client {
     }
 
     async fn acquire(&self, address: &str, shard_ids: &[String]) -> Result<Vec<String>> {
-        let message =
-            pb::AcquireRequest { address: address.into(), shard_ids: shard_ids.to_vec(), request_id: self.request_id() };
+        let message = pb::AcquireRequest {
+            address: address.into(),
+            shard_ids: shard_ids.to_vec(),
+            request_id: self.request_id(),
+        };
         Ok(self.runner_call(message, |mut c, r| async move { c.acquire(r).await }).await?.shard_ids)
     }
 
     async fn refresh(&self, address: &str, shard_ids: &[String]) -> Result<Vec<String>> {
-        let message =
-            pb::RefreshRequest { address: address.into(), shard_ids: shard_ids.to_vec(), request_id: self.request_id() };
+        let message = pb::RefreshRequest {
+            address: address.into(),
+            shard_ids: shard_ids.to_vec(),
+            request_id: self.request_id(),
+        };
         Ok(self.runner_call(message, |mut c, r| async move { c.refresh(r).await }).await?.shard_ids)
     }
 

@@ -135,7 +135,10 @@ impl NodeConfig {
     /// The address other nodes and clients use for this node: its `peers`
     /// entry when it has one, else `listen`.
     pub fn advertised_address(&self) -> String {
-        self.peers.iter().find(|peer| peer.id == self.node_id).map_or_else(|| self.listen.to_string(), |peer| peer.address.clone())
+        self.peers
+            .iter()
+            .find(|peer| peer.id == self.node_id)
+            .map_or_else(|| self.listen.to_string(), |peer| peer.address.clone())
     }
 
     /// The bearer token, from `auth_token` or `auth_token_file`.
@@ -144,7 +147,8 @@ impl NodeConfig {
     /// When the token file cannot be read or is empty.
     pub fn token(&self) -> anyhow::Result<Option<String>> {
         let Some(path) = &self.auth_token_file else { return Ok(self.auth_token.clone()) };
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read auth_token_file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read auth_token_file {}", path.display()))?;
         let token = text.trim_end_matches(['\n', '\r']).to_owned();
         ensure!(!token.is_empty(), "auth_token_file {} is empty", path.display());
         Ok(Some(token))
@@ -170,8 +174,9 @@ impl NodeConfig {
         for peer in &self.peers {
             ensure!(peer.id >= 1, "peers: id must be at least 1");
             ensure!(ids.insert(peer.id), "peers: node id {} appears twice", peer.id);
-            crate::model::RunnerAddress::parse(&peer.address)
-                .map_err(|_| anyhow::anyhow!("peers: address {:?} of node {} is not host:port", peer.address, peer.id))?;
+            crate::model::RunnerAddress::parse(&peer.address).map_err(|_| {
+                anyhow::anyhow!("peers: address {:?} of node {} is not host:port", peer.address, peer.id)
+            })?;
         }
         if !self.peers.is_empty() && !ids.contains(&self.node_id) {
             bail!("peers must include this node (node_id {}) or be empty for a joining node", self.node_id);
@@ -188,7 +193,10 @@ impl NodeConfig {
             "set auth_token or auth_token_file, not both"
         );
         if let Some(token) = &self.auth_token {
-            ensure!(!token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()), "auth_token must be printable ASCII without spaces");
+            ensure!(
+                !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()),
+                "auth_token must be printable ASCII without spaces"
+            );
         }
         self.raft.validate()
     }

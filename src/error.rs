@@ -54,10 +54,7 @@ impl Error {
     }
 
     /// An [`Error::Storage`] carrying `cause`.
-    pub fn storage(
-        message: impl Into<String>,
-        cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> Self {
+    pub fn storage(message: impl Into<String>, cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Error::Storage { message: message.into(), cause: Some(cause.into()) }
     }
 

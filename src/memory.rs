@@ -94,7 +94,11 @@ impl Encoded for MemoryRunnerStorage {
     }
 
     async fn register(&self, address: &str, runner: &str, healthy: bool) -> Result<i64> {
-        replies::machine_id(self.write(Command::Register { address: address.into(), runner: runner.into(), healthy })?)
+        replies::machine_id(self.write(Command::Register {
+            address: address.into(),
+            runner: runner.into(),
+            healthy,
+        })?)
     }
 
     async fn unregister(&self, address: &str) -> Result<()> {

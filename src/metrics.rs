@@ -96,7 +96,8 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("runner_storage");
         let calls = Family::<CallLabels, Counter>::default();
-        let call_seconds = Family::<CallLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let call_seconds =
+            Family::<CallLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
         let errors = Family::<ErrorLabels, Counter>::default();
         registry.register("calls", "Client calls completed, by call", calls.clone());
         registry.register("call_seconds", "Latency of client calls, by call", call_seconds.clone());

@@ -107,19 +107,19 @@ impl Node {
     pub async fn open(config: &NodeConfig) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-        let db = sled::Config::new()
-            .path(&config.data_dir)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .with_context(|| format!("cannot open data_dir {} (in use by another node?)", config.data_dir.display()))?;
+        let db =
+            sled::Config::new().path(&config.data_dir).mode(sled::Mode::HighThroughput).open().with_context(|| {
+                format!("cannot open data_dir {} (in use by another node?)", config.data_dir.display())
+            })?;
         let log_store = LogStore::open(&db).context("cannot open the Raft log")?;
         let state_machine = StateMachineStore::open(&db, State::default()).context("cannot open the state machine")?;
         let raft_config = Arc::new(raft_config(config)?);
         let committed_index = log_store.committed_index();
         let dialer = config.peer_dialer()?;
-        let raft = Raft::new(config.node_id, raft_config, Network::new(dialer.clone()), log_store, state_machine.clone())
-            .await
-            .context("cannot start Raft")?;
+        let raft =
+            Raft::new(config.node_id, raft_config, Network::new(dialer.clone()), log_store, state_machine.clone())
+                .await
+                .context("cannot start Raft")?;
         let planted_bug = PlantedBug::from_env()?;
         if let Some(bug) = planted_bug {
             tracing::warn!(?bug, "PLANTED BUG ACTIVE: this node is deliberately incorrect (checker tests only)");
@@ -174,9 +174,10 @@ impl Node {
             request_id.validate()?;
         }
         let envelope = Envelope { time_ms: wall_clock_ms(), request_id, command };
-        let written = tokio::time::timeout(RAFT_CALL_TIMEOUT, self.raft.client_write(envelope))
-            .await
-            .map_err(|_| Error::unavailable("the write was not committed in time (no quorum?); its outcome is unknown"))?;
+        let written =
+            tokio::time::timeout(RAFT_CALL_TIMEOUT, self.raft.client_write(envelope)).await.map_err(|_| {
+                Error::unavailable("the write was not committed in time (no quorum?); its outcome is unknown")
+            })?;
         match written {
             Ok(response) => Ok(response.data.into_result()?),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => Err(not_leader(forward)),
@@ -342,9 +343,13 @@ impl Node {
     async fn wait_for_learner(&self, node_id: NodeId, log_index: u64) -> bool {
         let deadline = tokio::time::Instant::now() + LEARNER_CATCH_UP_TIMEOUT;
         while tokio::time::Instant::now() < deadline {
-            let matched = self.raft.metrics().borrow().replication.as_ref().and_then(|progress| {
-                progress.get(&node_id).copied().flatten().map(|log_id| log_id.index)
-            });
+            let matched = self
+                .raft
+                .metrics()
+                .borrow()
+                .replication
+                .as_ref()
+                .and_then(|progress| progress.get(&node_id).copied().flatten().map(|log_id| log_id.index));
             if matched.is_some_and(|index| index >= log_index) {
                 return true;
             }
@@ -372,7 +377,10 @@ impl Node {
 
     fn membership_result(
         result: Result<
-            Result<openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>, crate::raft::typ::RaftError<crate::raft::typ::ClientWriteError>>,
+            Result<
+                openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>,
+                crate::raft::typ::RaftError<crate::raft::typ::ClientWriteError>,
+            >,
             tokio::time::error::Elapsed,
         >,
     ) -> Result<MembershipView, CallError> {

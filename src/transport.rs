@@ -137,10 +137,7 @@ pub fn require_token(token: Option<String>) -> impl Fn(Request<()>) -> Result<Re
 /// An interceptor for node-to-node traffic: with TLS on, the caller must have
 /// presented a certificate signed by the cluster CA (rustls verified it);
 /// with a token configured, it must also carry the token.
-pub fn require_peer(
-    tls: bool,
-    token: Option<String>,
-) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+pub fn require_peer(tls: bool, token: Option<String>) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
     let token_check = require_token(token);
     move |request: Request<()>| {
         if tls && request.peer_certs().is_none_or(|certs| certs.is_empty()) {

@@ -148,7 +148,10 @@ async fn print_status(client: &Client, endpoints: &[String], json: bool) -> anyh
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("{:<22} {:>4} {:<10} {:>6} {:>6} {:>8} {:>8}", "ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED");
+    println!(
+        "{:<22} {:>4} {:<10} {:>6} {:>6} {:>8} {:>8}",
+        "ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED"
+    );
     for row in rows {
         if let Some(error) = row.get("error") {
             println!("{:<22} unreachable: {}", row["endpoint"].as_str().unwrap_or(""), error.as_str().unwrap_or(""));

@@ -36,9 +36,7 @@ fn invalid(message: String) -> Error {
 
 /// Whether `digits` is a canonical decimal: non-empty ASCII digits, no leading zero.
 fn is_canonical_decimal(digits: &str) -> bool {
-    !digits.is_empty()
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && (digits == "0" || !digits.starts_with('0'))
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && (digits == "0" || !digits.starts_with('0'))
 }
 
 impl RunnerAddress {
@@ -157,7 +155,8 @@ pub fn validate_runner_json(address: &RunnerAddress, runner_json: &str) -> Resul
             limits::RUNNER_JSON_BYTES_MAX
         )));
     }
-    let value: Value = serde_json::from_str(runner_json).map_err(|e| invalid(format!("runner is not valid JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_str(runner_json).map_err(|e| invalid(format!("runner is not valid JSON: {e}")))?;
     let Value::Object(object) = &value else {
         return Err(invalid("runner is not a JSON object".into()));
     };
@@ -195,7 +194,8 @@ impl Runner {
     /// [`Error::InvalidArgument`] when the JSON is not a runner: missing or
     /// mistyped `address`, `groups` or `weight`, or a weight that is not finite.
     pub fn from_json(runner_json: &str) -> Result<Self> {
-        let value: Value = serde_json::from_str(runner_json).map_err(|e| invalid(format!("runner is not valid JSON: {e}")))?;
+        let value: Value =
+            serde_json::from_str(runner_json).map_err(|e| invalid(format!("runner is not valid JSON: {e}")))?;
         let address = value
             .get("address")
             .and_then(address_from_json)
@@ -234,11 +234,7 @@ mod tests {
 
     #[test]
     fn runner_encodes_with_effect_key_order() {
-        let runner = Runner {
-            address: RunnerAddress::new("h", 1),
-            groups: vec!["a".into(), "b".into()],
-            weight: 2.0,
-        };
+        let runner = Runner { address: RunnerAddress::new("h", 1), groups: vec!["a".into(), "b".into()], weight: 2.0 };
         assert_eq!(runner.to_json(), r#"{"address":{"host":"h","port":1},"groups":["a","b"],"weight":2}"#);
     }
 
@@ -256,7 +252,12 @@ mod tests {
 
     #[test]
     fn runner_rejects_non_runners() {
-        for json in [r#"[]"#, r#"{"groups":[],"weight":1}"#, r#"{"address":{"host":"h","port":1},"groups":[1],"weight":1}"#, "nope"] {
+        for json in [
+            r#"[]"#,
+            r#"{"groups":[],"weight":1}"#,
+            r#"{"address":{"host":"h","port":1},"groups":[1],"weight":1}"#,
+            "nope",
+        ] {
             assert!(matches!(Runner::from_json(json), Err(Error::InvalidArgument(_))), "{json}");
         }
     }

@@ -43,7 +43,8 @@ impl LogStore {
         let meta = db.open_tree(schema::META).map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?;
         let (flush_requests, flush_queue) = mpsc::channel(limits::LOG_FLUSHES_QUEUED_MAX);
         tokio::spawn(run_flusher(db.clone(), flush_queue));
-        let store = LogStore { db: db.clone(), logs, meta, flush_requests, committed_index: Arc::new(AtomicU64::new(0)) };
+        let store =
+            LogStore { db: db.clone(), logs, meta, flush_requests, committed_index: Arc::new(AtomicU64::new(0)) };
         let committed = store.read_meta::<Option<LogId<NodeId>>>(schema::COMMITTED_KEY)?.flatten();
         store.committed_index.store(committed.map_or(0, |log_id| log_id.index), Ordering::Relaxed);
         Ok(store)
@@ -64,7 +65,12 @@ impl LogStore {
         bytes.map(|bytes| decode(&bytes).map_err(|e| meta_error(key, ErrorVerb::Read, &e))).transpose()
     }
 
-    async fn write_meta<T: serde::Serialize>(&self, key: &[u8], value: &T, flush: bool) -> Result<(), StorageError<NodeId>> {
+    async fn write_meta<T: serde::Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+        flush: bool,
+    ) -> Result<(), StorageError<NodeId>> {
         let bytes = encode(value).map_err(|e| meta_error(key, ErrorVerb::Write, &e))?;
         self.meta.insert(key, bytes).map_err(|e| meta_error(key, ErrorVerb::Write, &e))?;
         if flush {

@@ -18,9 +18,9 @@ use super::typ::{
 };
 use super::{Node, NodeId, TypeConfig};
 use crate::limits;
-use crate::transport::Dialer;
 use crate::pb::raft::raft_client::RaftClient;
 use crate::pb::raft::RaftPayload;
+use crate::transport::Dialer;
 
 /// Makes a [`PeerClient`] per target node, all dialled with one [`Dialer`].
 #[derive(Debug, Clone, Default)]
@@ -62,7 +62,12 @@ impl PeerClient {
     }
 
     /// Encodes `request`, sends it with `send`, and decodes the peer's `Result`.
-    async fn call<Req, Resp, E, F, Fut>(&mut self, request: &Req, option: RPCOption, send: F) -> Result<Resp, RPCError<E>>
+    async fn call<Req, Resp, E, F, Fut>(
+        &mut self,
+        request: &Req,
+        option: RPCOption,
+        send: F,
+    ) -> Result<Resp, RPCError<E>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,

@@ -48,7 +48,8 @@ impl StateMachineStore {
     /// # Errors
     /// When sled fails or the stored snapshot does not decode.
     pub fn open(db: &sled::Db, initial_state: State) -> Result<Self, StorageError<NodeId>> {
-        let snapshots = db.open_tree(schema::SNAPSHOTS).map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
+        let snapshots =
+            db.open_tree(schema::SNAPSHOTS).map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
         let applied = match snapshots.get(schema::SNAPSHOT_DATA_KEY).map_err(|e| read_error(&e))? {
             Some(bytes) => decode::<AppliedState>(&bytes).map_err(|e| read_error(&e))?,
             None => AppliedState { state: initial_state, ..AppliedState::default() },
@@ -74,11 +75,14 @@ impl StateMachineStore {
 
     async fn save_snapshot(&self, meta: &SnapshotMeta<NodeId, Node>, data: &[u8]) -> Result<(), StorageError<NodeId>> {
         let signature = Some(meta.signature());
-        let meta_bytes = encode(meta).map_err(|e| StorageIOError::write_snapshot(signature.clone(), AnyError::new(&e)))?;
+        let meta_bytes =
+            encode(meta).map_err(|e| StorageIOError::write_snapshot(signature.clone(), AnyError::new(&e)))?;
         let mut batch = sled::Batch::default();
         batch.insert(schema::SNAPSHOT_META_KEY, meta_bytes);
         batch.insert(schema::SNAPSHOT_DATA_KEY, data);
-        self.snapshots.apply_batch(batch).map_err(|e| StorageIOError::write_snapshot(signature.clone(), AnyError::new(&e)))?;
+        self.snapshots
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), AnyError::new(&e)))?;
         self.db.flush_async().await.map_err(|e| StorageIOError::write_snapshot(signature, AnyError::new(&e)))?;
         Ok(())
     }
@@ -127,7 +131,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         for entry in entries {
             let expected_index = applied.last_applied.map_or(0, |log_id| log_id.index + 1);
             if entry.log_id.index != expected_index && applied.last_applied.is_some() {
-                let message = format!("applying entry {} after {:?}: entries must be consecutive", entry.log_id, applied.last_applied);
+                let message = format!(
+                    "applying entry {} after {:?}: entries must be consecutive",
+                    entry.log_id, applied.last_applied
+                );
                 return Err(StorageIOError::apply(entry.log_id, AnyError::error(message)).into());
             }
             applied.last_applied = Some(entry.log_id);
@@ -166,7 +173,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let installed: AppliedState =
             decode(&data).map_err(|e| StorageIOError::read_snapshot(signature.clone(), AnyError::new(&e)))?;
         if installed.last_applied != meta.last_log_id {
-            let message = format!("snapshot holds {:?} but its meta says {:?}", installed.last_applied, meta.last_log_id);
+            let message =
+                format!("snapshot holds {:?} but its meta says {:?}", installed.last_applied, meta.last_log_id);
             return Err(StorageIOError::read_snapshot(signature, AnyError::error(message)).into());
         }
         self.save_snapshot(meta, &data).await?;

@@ -79,8 +79,7 @@ impl pb::admin_server::Admin for AdminService {
             replies::done(self.node.write(None, command).await?)?;
             Ok(pb::SetLockExpirationResponse {})
         };
-        let forward =
-            |c: Channel, r| async move { pb::admin_client::AdminClient::new(c).set_lock_expiration(r).await };
+        let forward = |c: Channel, r| async move { pb::admin_client::AdminClient::new(c).set_lock_expiration(r).await };
         answer_or_forward("set_lock_expiration", request, local, forward, &self.node).await
     }
 }
@@ -114,8 +113,14 @@ impl admin_pb::cluster_server::Cluster for ClusterService {
         let local = |m: admin_pb::AddLearnerRequest| async move {
             Ok(membership_response(self.node.add_learner(m.node_id, m.address).await?))
         };
-        answer_or_forward("add_learner", request, local, |c, r| async move { cluster_client(c).add_learner(r).await }, &self.node)
-            .await
+        answer_or_forward(
+            "add_learner",
+            request,
+            local,
+            |c, r| async move { cluster_client(c).add_learner(r).await },
+            &self.node,
+        )
+        .await
     }
 
     async fn change_membership(

@@ -84,14 +84,24 @@ impl pb::inspect_server::Inspect for InspectService {
         request: Request<pb::ListRunnersRequest>,
     ) -> Result<Response<pb::ListRunnersResponse>, Status> {
         let local = |_| async { self.node.read(runner_records).await };
-        answer_or_forward("list_runners", request, local, |c, r| async move { client(c).list_runners(r).await }, &self.node)
-            .await
+        answer_or_forward(
+            "list_runners",
+            request,
+            local,
+            |c, r| async move { client(c).list_runners(r).await },
+            &self.node,
+        )
+        .await
     }
 
-    async fn list_locks(&self, request: Request<pb::ListLocksRequest>) -> Result<Response<pb::ListLocksResponse>, Status> {
+    async fn list_locks(
+        &self,
+        request: Request<pb::ListLocksRequest>,
+    ) -> Result<Response<pb::ListLocksResponse>, Status> {
         let local = |filter: pb::ListLocksRequest| async move {
             self.node.read(|state, now_ms| lock_records(state, now_ms, &filter)).await
         };
-        answer_or_forward("list_locks", request, local, |c, r| async move { client(c).list_locks(r).await }, &self.node).await
+        answer_or_forward("list_locks", request, local, |c, r| async move { client(c).list_locks(r).await }, &self.node)
+            .await
     }
 }

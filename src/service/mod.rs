@@ -141,7 +141,9 @@ where
                 leader_hint => {
                     let message = match &leader_hint {
                         None => format!("node {} is not the leader and knows no leader", node.id),
-                        Some(leader) => format!("node {} is not the leader (forwarded once already; leader: {leader})", node.id),
+                        Some(leader) => {
+                            format!("node {} is not the leader (forwarded once already; leader: {leader})", node.id)
+                        }
                     };
                     return Err(status::to_status(Error::Unavailable { message, leader_hint }));
                 }

@@ -47,13 +47,23 @@ fn client(channel: Channel) -> RunnerStorageClient<Channel> {
 
 #[tonic::async_trait]
 impl pb::runner_storage_server::RunnerStorage for RunnerStorageService {
-    async fn get_runners(&self, request: Request<pb::GetRunnersRequest>) -> Result<Response<pb::GetRunnersResponse>, Status> {
+    async fn get_runners(
+        &self,
+        request: Request<pb::GetRunnersRequest>,
+    ) -> Result<Response<pb::GetRunnersResponse>, Status> {
         let local = |_| async {
             let runners = self.node.read(|state, now_ms| state.get_runners(now_ms)).await?;
             let runners = runners.into_iter().map(|(runner, healthy)| pb::RunnerEntry { runner, healthy }).collect();
             Ok(pb::GetRunnersResponse { runners })
         };
-        answer_or_forward("get_runners", request, local, |c, r| async move { client(c).get_runners(r).await }, &self.node).await
+        answer_or_forward(
+            "get_runners",
+            request,
+            local,
+            |c, r| async move { client(c).get_runners(r).await },
+            &self.node,
+        )
+        .await
     }
 
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
@@ -62,15 +72,20 @@ impl pb::runner_storage_server::RunnerStorage for RunnerStorageService {
             let machine_id = self.write(m.request_id, command, replies::machine_id).await?;
             Ok(pb::RegisterResponse { machine_id })
         };
-        answer_or_forward("register", request, local, |c, r| async move { client(c).register(r).await }, &self.node).await
+        answer_or_forward("register", request, local, |c, r| async move { client(c).register(r).await }, &self.node)
+            .await
     }
 
-    async fn unregister(&self, request: Request<pb::UnregisterRequest>) -> Result<Response<pb::UnregisterResponse>, Status> {
+    async fn unregister(
+        &self,
+        request: Request<pb::UnregisterRequest>,
+    ) -> Result<Response<pb::UnregisterResponse>, Status> {
         let local = |m: pb::UnregisterRequest| async move {
             self.write(m.request_id, Command::Unregister { address: m.address }, replies::done).await?;
             Ok(pb::UnregisterResponse {})
         };
-        answer_or_forward("unregister", request, local, |c, r| async move { client(c).unregister(r).await }, &self.node).await
+        answer_or_forward("unregister", request, local, |c, r| async move { client(c).unregister(r).await }, &self.node)
+            .await
     }
 
     async fn set_runner_health(
@@ -82,7 +97,14 @@ impl pb::runner_storage_server::RunnerStorage for RunnerStorageService {
             self.write(m.request_id, command, replies::done).await?;
             Ok(pb::SetRunnerHealthResponse {})
         };
-        answer_or_forward("set_runner_health", request, local, |c, r| async move { client(c).set_runner_health(r).await }, &self.node).await
+        answer_or_forward(
+            "set_runner_health",
+            request,
+            local,
+            |c, r| async move { client(c).set_runner_health(r).await },
+            &self.node,
+        )
+        .await
     }
 
     async fn acquire(&self, request: Request<pb::AcquireRequest>) -> Result<Response<pb::ShardIdsResponse>, Status> {
@@ -112,11 +134,21 @@ impl pb::runner_storage_server::RunnerStorage for RunnerStorageService {
         answer_or_forward("release", request, local, |c, r| async move { client(c).release(r).await }, &self.node).await
     }
 
-    async fn release_all(&self, request: Request<pb::ReleaseAllRequest>) -> Result<Response<pb::ReleaseAllResponse>, Status> {
+    async fn release_all(
+        &self,
+        request: Request<pb::ReleaseAllRequest>,
+    ) -> Result<Response<pb::ReleaseAllResponse>, Status> {
         let local = |m: pb::ReleaseAllRequest| async move {
             self.write(m.request_id, Command::ReleaseAll { address: m.address }, replies::done).await?;
             Ok(pb::ReleaseAllResponse {})
         };
-        answer_or_forward("release_all", request, local, |c, r| async move { client(c).release_all(r).await }, &self.node).await
+        answer_or_forward(
+            "release_all",
+            request,
+            local,
+            |c, r| async move { client(c).release_all(r).await },
+            &self.node,
+        )
+        .await
     }
 }

@@ -115,7 +115,9 @@ impl Reply {
             Error::InvalidArgument(m) => (RejectionKind::InvalidArgument, m),
             Error::ResourceExhausted(m) => (RejectionKind::ResourceExhausted, m),
             Error::FailedPrecondition(m) => (RejectionKind::FailedPrecondition, m),
-            other => unreachable!("the state machine only rejects with argument, cap or precondition errors, not {other}"),
+            other => {
+                unreachable!("the state machine only rejects with argument, cap or precondition errors, not {other}")
+            }
         };
         Reply::Rejected { kind, message }
     }
@@ -142,13 +144,13 @@ impl Command {
     /// # Errors
     /// [`Error::InvalidArgument`] naming the first bad field.
     pub fn validate(&self) -> Result<(), Error> {
-        use crate::model::encoding::{validate_address, validate_runner_json, validate_shard_ids, split_shard_id};
+        use crate::model::encoding::{split_shard_id, validate_address, validate_runner_json, validate_shard_ids};
         use crate::model::RunnerAddress;
         match self {
             Command::Register { address, runner, .. } => validate_runner_json(&RunnerAddress::parse(address)?, runner),
-            Command::Unregister { address } | Command::SetRunnerHealth { address, .. } | Command::ReleaseAll { address } => {
-                validate_address(address)
-            }
+            Command::Unregister { address }
+            | Command::SetRunnerHealth { address, .. }
+            | Command::ReleaseAll { address } => validate_address(address),
             Command::Acquire { address, shard_ids } => {
                 validate_address(address)?;
                 validate_shard_ids(shard_ids, true)

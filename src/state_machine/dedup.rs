@@ -73,7 +73,8 @@ impl Dedup {
             if self.clients.len() >= DEDUP_CLIENTS_MAX {
                 self.forget_least_recently_seen();
             }
-            self.clients.insert(request_id.client_id.clone(), ClientAnswers { last_seen_ms: now_ms, answers: BTreeMap::new() });
+            self.clients
+                .insert(request_id.client_id.clone(), ClientAnswers { last_seen_ms: now_ms, answers: BTreeMap::new() });
             self.by_last_seen.insert((now_ms, request_id.client_id.clone()));
         }
         self.touch(&request_id.client_id, now_ms);

@@ -18,7 +18,12 @@ impl State {
         assert_eq!(self.runners.len(), self.machine_ids.len(), "runner and machine id tables differ in size");
         assert!(self.runners.len() <= self.caps.runners_max, "runners past their cap");
         for (address, record) in &self.runners {
-            assert_eq!(self.machine_ids.get(&record.machine_id), Some(address), "machine id {} of {address}", record.machine_id);
+            assert_eq!(
+                self.machine_ids.get(&record.machine_id),
+                Some(address),
+                "machine id {} of {address}",
+                record.machine_id
+            );
             assert!(record.machine_id >= 1, "machine id {} below 1", record.machine_id);
             assert!(record.last_heartbeat_ms <= self.now_ms, "heartbeat of {address} in the future");
         }

@@ -148,7 +148,9 @@ impl State {
             return Reply::rejected(error);
         }
         let result = match command {
-            Command::Register { address, runner, healthy } => self.register(address, runner, *healthy).map(Reply::MachineId),
+            Command::Register { address, runner, healthy } => {
+                self.register(address, runner, *healthy).map(Reply::MachineId)
+            }
             Command::Unregister { address } => {
                 self.unregister(address);
                 Ok(Reply::Done)

@@ -1042,7 +1042,7 @@ mod reference {
             let mut acquired = vec![];
             for shard_id in shard_ids {
                 let index = self.locks.iter().position(|l| l.shard_id == shard_id);
-                let free = index.map_or(true, |i| self.locks[i].address == address || !self.held(&self.locks[i]));
+                let free = index.is_none_or(|i| self.locks[i].address == address || !self.held(&self.locks[i]));
                 if free {
                     let lock =
                         Lock { shard_id: shard_id.clone(), address: address.to_owned(), acquired_at_ms: self.now_ms };

@@ -1,6 +1,9 @@
 //! Cluster tests: real node processes over real gRPC with real sled files.
 //! One binary, a module per scenario.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 #[path = "../common/mod.rs"]
 mod common;
 #[path = "../common/conformance.rs"]
