@@ -1,0 +1,105 @@
+//! Data-driven tests of the checkers on small hand-written histories: each
+//! case is a list of operations and whether the history must pass.
+
+use super::check_all;
+use crate::history::{Answer, Call, FinalLock, FinalState, History, Micros, Op, Outcome, RunInfo};
+
+const MS: Micros = 1000;
+
+fn op(id: u64, call: Call, invoke_ms: Micros, complete_ms: Micros, answer: Option<Answer>) -> Op {
+    let outcome = if answer.is_some() { Outcome::Ok } else { Outcome::Unknown };
+    let process = call.address().unwrap_or("reader").to_owned();
+    Op { id, process, call, invoke_us: invoke_ms * MS, complete_us: complete_ms * MS, outcome, answer, error: None }
+}
+
+fn acquire(id: u64, address: &str, at_ms: Micros, got: bool) -> Op {
+    let call = Call::Acquire { address: address.into(), shard_ids: vec!["default:1".into()] };
+    let answer = Answer::ShardIds(if got { vec!["default:1".into()] } else { Vec::new() });
+    op(id, call, at_ms, at_ms + 5, Some(answer))
+}
+
+fn register(id: u64, address: &str, at_ms: Micros, machine_id: i64) -> Op {
+    let call = Call::Register { address: address.into(), runner: format!("json-{address}"), healthy: true };
+    op(id, call, at_ms, at_ms + 5, Some(Answer::MachineId(machine_id)))
+}
+
+fn read(id: u64, at_ms: Micros, addresses: &[&str]) -> Op {
+    let runners = addresses.iter().map(|address| (format!("json-{address}"), true)).collect();
+    op(id, Call::GetRunners, at_ms, at_ms + 5, Some(Answer::Runners(runners)))
+}
+
+fn history(ops: Vec<Op>, final_state: Option<FinalState>) -> History {
+    let info = RunInfo { seed: 0, nodes: 3, lab_mode: "test".into(), lock_expiration_ms: 2000, shard_ids: Vec::new() };
+    History { info: Some(info), ops, faults: Vec::new(), final_state }
+}
+
+/// (linearizability findings, mutual exclusion findings, machine-id findings, durability findings)
+fn findings(history: &History) -> [usize; 4] {
+    let verdicts = check_all(history);
+    assert!(verdicts.linearizability_inconclusive.is_empty(), "{:?}", verdicts.linearizability_inconclusive);
+    let durability = if history.final_state.is_some() { verdicts.durability.len() } else { 0 };
+    [verdicts.linearizability.len(), verdicts.mutual_exclusion.len(), verdicts.machine_ids.len(), durability]
+}
+
+#[test]
+fn lock_taken_only_after_expiry() {
+    let fine =
+        history(vec![acquire(0, "a:1", 0, true), acquire(1, "b:1", 1000, false), acquire(2, "b:1", 2100, true)], None);
+    assert_eq!(findings(&fine), [0, 0, 0, 0]);
+    let early = history(vec![acquire(0, "a:1", 0, true), acquire(1, "b:1", 1000, true)], None);
+    assert_eq!(findings(&early), [1, 1, 0, 0]);
+}
+
+#[test]
+fn expiry_the_timestamps_cannot_decide_is_allowed_both_ways() {
+    // a's acquire takes 100 ms, so its lock was stamped somewhere in [0, 100] ms.
+    let mut slow = acquire(0, "a:1", 0, true);
+    slow.complete_us = 100 * MS;
+    let taken = history(vec![slow.clone(), acquire(1, "b:1", 2050, true)], None);
+    let kept = history(vec![slow, acquire(1, "b:1", 2050, false)], None);
+    assert_eq!(findings(&taken)[0], 0);
+    assert_eq!(findings(&kept)[0], 0);
+}
+
+#[test]
+fn acknowledged_lock_missing_from_the_final_state_is_flagged() {
+    let at_us = 10_000 * MS;
+    let lost = FinalState { at_us, lock_expiration_ms: 2000, locks: Vec::new(), runners: Vec::new() };
+    let [linearizability, _, _, durability] = findings(&history(vec![acquire(0, "a:1", 0, true)], Some(lost)));
+    assert_eq!((linearizability, durability), (1, 1));
+    let lock = FinalLock { shard_id: "default:1".into(), address: "a:1".into(), acquired_at_us: 2 * MS };
+    let kept = FinalState { at_us, lock_expiration_ms: 2000, locks: vec![lock], runners: Vec::new() };
+    assert_eq!(findings(&history(vec![acquire(0, "a:1", 0, true)], Some(kept))), [0, 0, 0, 0]);
+}
+
+#[test]
+fn machine_ids_are_the_smallest_free() {
+    let duplicate = history(vec![register(0, "a:1", 0, 1), register(1, "b:1", 10, 1)], None);
+    assert_eq!(findings(&duplicate)[..3], [1, 0, 1]);
+    let reused = history(
+        vec![
+            register(0, "a:1", 0, 1),
+            op(1, Call::Unregister { address: "a:1".into() }, 10, 15, Some(Answer::Done)),
+            register(2, "b:1", 20, 1),
+        ],
+        None,
+    );
+    assert_eq!(findings(&reused), [0, 0, 0, 0]);
+}
+
+#[test]
+fn reads_must_show_live_runners_in_machine_id_order() {
+    let base = || vec![register(0, "a:1", 0, 1), register(1, "b:1", 10, 2)];
+    let mut ordered = base();
+    ordered.push(read(2, 20, &["a:1", "b:1"]));
+    assert_eq!(findings(&history(ordered, None))[0], 0);
+    let mut reversed = base();
+    reversed.push(read(2, 20, &["b:1", "a:1"]));
+    assert_eq!(findings(&history(reversed, None))[0], 1);
+    let mut stale = base();
+    stale.push(read(2, 20, &["a:1"]));
+    assert_eq!(findings(&history(stale, None))[0], 1);
+    let mut expired = base();
+    expired.push(read(2, 2100, &[]));
+    assert_eq!(findings(&history(expired, None))[0], 0);
+}
