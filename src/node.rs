@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 
 use crate::clock::wall_clock_ms;
@@ -393,6 +393,12 @@ impl Node {
                 Ok(MembershipView { log_index: response.log_id.index, voter_ids, learner_ids })
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => Err(not_leader(forward)),
+            // openraft checks for a change in progress before it checks for
+            // leadership, so a deposed leader still holding the uncommitted
+            // entry of an earlier attempt answers InProgress: transient, retry.
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                error @ ChangeMembershipError::InProgress(_),
+            ))) => Err(Error::unavailable(format!("{error}; retry once it is committed")).into()),
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error))) => {
                 Err(Error::FailedPrecondition(error.to_string()).into())
             }
