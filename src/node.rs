@@ -371,8 +371,34 @@ impl Node {
         if voter_ids.is_empty() {
             return Err(Error::InvalidArgument("voter_ids is empty".into()).into());
         }
-        let change = self.raft.change_membership(voter_ids, !remove_learners);
-        Self::membership_result(tokio::time::timeout(MEMBERSHIP_CHANGE_TIMEOUT, change).await)
+        let change =
+            tokio::time::timeout(MEMBERSHIP_CHANGE_TIMEOUT, self.raft.change_membership(voter_ids, !remove_learners));
+        // openraft answers the change once its uniform entry is applied here.
+        // A leader deposed before that (the change removed it and the new
+        // voters elected a leader at once) is no longer replicated to, so it
+        // would wait out the whole timeout: answer UNAVAILABLE instead, and
+        // the client's retry reaches the new leader, where the change is done.
+        tokio::select! {
+            biased;
+            result = change => Self::membership_result(result),
+            () = self.deposed(self.is_leader()) => Err(Error::unavailable(
+                "this node stopped leading during the membership change; its outcome is unknown, retry"
+            )
+            .into()),
+        }
+    }
+
+    /// Completes when this node, leading when `was_leader`, stops leading; never when it was not leading.
+    async fn deposed(&self, was_leader: bool) {
+        let mut metrics = self.raft.metrics();
+        while was_leader && metrics.borrow_and_update().state == ServerState::Leader {
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+        if !was_leader {
+            std::future::pending::<()>().await;
+        }
     }
 
     fn membership_result(
