@@ -171,9 +171,13 @@ impl NodeConfig {
         ensure!(self.node_id >= 1, "node_id must be at least 1");
         ensure!(!self.data_dir.as_os_str().is_empty(), "data_dir is empty");
         let mut ids = std::collections::BTreeSet::new();
+        let mut addresses = std::collections::BTreeSet::new();
         for peer in &self.peers {
             ensure!(peer.id >= 1, "peers: id must be at least 1");
             ensure!(ids.insert(peer.id), "peers: node id {} appears twice", peer.id);
+            // Two ids at one address make a node replicate to itself as
+            // another member, which trips an assertion inside openraft.
+            ensure!(addresses.insert(&peer.address), "peers: address {:?} appears twice", peer.address);
             crate::model::RunnerAddress::parse(&peer.address).map_err(|_| {
                 anyhow::anyhow!("peers: address {:?} of node {} is not host:port", peer.address, peer.id)
             })?;
@@ -255,6 +259,7 @@ mod tests {
             (VALID.replace("node_id = 2", "node_id = 3"), "peers must include this node"),
             (VALID.replace("id = 1", "id = 2"), "appears twice"),
             (VALID.replace("\"127.0.0.1:7001\"", "\"nope\""), "not host:port"),
+            (VALID.replace("\"127.0.0.1:7001\"", "\"127.0.0.1:7002\""), "address \"127.0.0.1:7002\" appears twice"),
             (format!("{VALID}\n[raft]\nheartbeat_interval_ms = 500"), "election_timeout_min_ms"),
             (VALID.replace("data_dir", "data_directory"), "unknown field"),
         ];
