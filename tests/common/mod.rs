@@ -65,10 +65,24 @@ pub struct TestCluster {
     pub tuning: Tuning,
 }
 
-/// A loopback port nobody listens on right now.
+/// Ports [`free_port`] tries before giving up.
+const FREE_PORT_ATTEMPTS_MAX: usize = 1_000;
+
+/// A loopback port nobody listens on right now, and never handed out before
+/// in this test process: the OS may give the same ephemeral port to two
+/// binds in a row once the first listener is dropped, and two nodes of one
+/// cluster (or of two tests running at once) configured on one port make
+/// one of them fail to start, or a node replicate to itself.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
+    static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    for _ in 0..FREE_PORT_ATTEMPTS_MAX {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = listener.local_addr().expect("local address").port();
+        if HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(port) {
+            return port;
+        }
+    }
+    panic!("no new loopback port in {FREE_PORT_ATTEMPTS_MAX} binds");
 }
 
 pub fn binary() -> PathBuf {
