@@ -294,6 +294,9 @@ fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
 /// catch up, which may mean sending a whole snapshot.
 pub const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Longest the leader waits for a new node to answer its probe.
+pub const NEW_NODE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Longest a new learner may take to catch up before it is removed again.
 /// Shorter than the client's default deadline, so the caller gets the reason.
 pub const LEARNER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(8);
@@ -320,6 +323,7 @@ impl Node {
         }
         crate::model::RunnerAddress::parse(&address)
             .map_err(|_| Error::InvalidArgument(format!("address {address:?} is not host:port")))?;
+        self.probe_new_node(node_id, &address).await?;
         let change = self.raft.add_learner(node_id, BasicNode::new(address.clone()), false);
         let view = Self::membership_result(tokio::time::timeout(MEMBERSHIP_CHANGE_TIMEOUT, change).await)?;
         if self.wait_for_learner(node_id, view.log_index).await {
@@ -336,6 +340,37 @@ impl Node {
              (unreachable, or its certificate is not the cluster's?); it was removed again"
         ))
         .into())
+    }
+
+    /// Refuses a new node before it enters the membership when it cannot be
+    /// a peer: its address is another member's, it cannot be reached the
+    /// way peers dial (mutual TLS, token), or it says it is another node.
+    async fn probe_new_node(&self, node_id: NodeId, address: &str) -> Result<(), CallError> {
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let taken = membership
+            .membership()
+            .nodes()
+            .find(|(id, node)| node.addr == address && **id != node_id)
+            .map(|(id, _)| *id);
+        if let Some(other) = taken {
+            return Err(Error::InvalidArgument(format!("address {address} is already node {other}'s")).into());
+        }
+        let channel = self.forwarder.channel(address)?;
+        let request = self.forwarder.request(crate::pb::v1::StatusRequest {}, Some(NEW_NODE_PROBE_TIMEOUT));
+        let mut admin = crate::pb::v1::admin_client::AdminClient::new(channel);
+        let probe = admin.status(request);
+        let refused = |reason: String| {
+            Err(Error::FailedPrecondition(format!("node {node_id} at {address} cannot join: {reason}")).into())
+        };
+        match tokio::time::timeout(NEW_NODE_PROBE_TIMEOUT, probe).await {
+            Ok(Ok(status)) if status.get_ref().node_id == node_id => Ok(()),
+            Ok(Ok(status)) => refused(format!("it is configured as node {}", status.get_ref().node_id)),
+            Ok(Err(status)) => refused(format!(
+                "it does not answer as a peer ({}); is it running, with a certificate of the cluster's CA?",
+                status.message()
+            )),
+            Err(_) => refused(format!("it did not answer within {NEW_NODE_PROBE_TIMEOUT:?}")),
+        }
     }
 
     /// Polls the leader's replication progress until `node_id` has matched
