@@ -365,11 +365,24 @@ impl Node {
         match tokio::time::timeout(NEW_NODE_PROBE_TIMEOUT, probe).await {
             Ok(Ok(status)) if status.get_ref().node_id == node_id => Ok(()),
             Ok(Ok(status)) => refused(format!("it is configured as node {}", status.get_ref().node_id)),
+            // Not up yet, maybe: retryable. A refused certificate is final.
+            Ok(Err(status))
+                if status.code() == tonic::Code::Unavailable && !status.message().contains("certificate") =>
+            {
+                Err(Error::unavailable(format!(
+                    "node {node_id} at {address} is not reachable yet: {}",
+                    status.message()
+                ))
+                .into())
+            }
             Ok(Err(status)) => refused(format!(
-                "it does not answer as a peer ({}); is it running, with a certificate of the cluster's CA?",
+                "it does not answer as a peer ({}); does it have a certificate of the cluster's CA?",
                 status.message()
             )),
-            Err(_) => refused(format!("it did not answer within {NEW_NODE_PROBE_TIMEOUT:?}")),
+            Err(_) => Err(Error::unavailable(format!(
+                "node {node_id} at {address} did not answer within {NEW_NODE_PROBE_TIMEOUT:?}"
+            ))
+            .into()),
         }
     }
 
