@@ -11,9 +11,9 @@
 //! id = 1
 //! address = "127.0.0.1:7001"
 //! [raft]                             # optional; defaults below
-//! heartbeat_interval_ms = 40
-//! election_timeout_min_ms = 100
-//! election_timeout_max_ms = 200
+//! heartbeat_interval_ms = 50
+//! election_timeout_min_ms = 150
+//! election_timeout_max_ms = 250
 //! ```
 //! A node with no `peers` starts empty and waits to be added to a running
 //! cluster (`ctl members add`).
@@ -41,8 +41,10 @@ pub struct Peer {
 /// openraft 0.9 makes a follower that had a leader wait for the leader lease
 /// (`election_timeout_max`) plus a random election timeout before it
 /// campaigns, so after a leader dies a new one is elected within
-/// `max + [min, max]`: 300–400 ms with the defaults. Heartbeats every 40 ms
-/// mean a follower campaigns only after missing at least seven in a row.
+/// `max + [min, max]`: 400–500 ms with the defaults. Heartbeats every 50 ms
+/// mean a follower campaigns only after missing at least eight in a row.
+/// openraft also uses the heartbeat interval as the timeout of each
+/// replication RPC, which is why it is not shorter.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftTuning {
@@ -61,9 +63,9 @@ pub struct RaftTuning {
 impl Default for RaftTuning {
     fn default() -> Self {
         RaftTuning {
-            heartbeat_interval_ms: 40,
-            election_timeout_min_ms: 100,
-            election_timeout_max_ms: 200,
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 250,
             snapshot_logs_since_last: limits::SNAPSHOT_LOGS_SINCE_LAST_DEFAULT,
             logs_kept_after_snapshot: limits::LOGS_KEPT_AFTER_SNAPSHOT_DEFAULT,
         }

@@ -126,7 +126,9 @@ impl Node {
         }
         let forwarder = Forwarder::new(dialer);
         let metrics = crate::metrics::Metrics::new();
-        let read_barrier = ReadBarrier::default();
+        // Half of openraft's leader lease (followers refuse other candidates for
+        // election_timeout_max after our last acknowledged heartbeat).
+        let read_barrier = ReadBarrier::new(Duration::from_millis(config.raft.election_timeout_max_ms / 2));
         Ok(Arc::new(Node {
             id: config.node_id,
             raft,

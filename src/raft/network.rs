@@ -6,6 +6,9 @@
 //! not guaranteed: a peer that cannot be reached is reported `Unreachable`,
 //! which makes openraft back off instead of retrying in a tight loop.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use openraft::error::{NetworkError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::AnyError;
@@ -23,15 +26,31 @@ use crate::pb::raft::RaftPayload;
 use crate::transport::Dialer;
 
 /// Makes a [`PeerClient`] per target node, all dialled with one [`Dialer`].
+///
+/// Channels are cached per address: openraft asks for a new client for every
+/// leadership check (each linearizable read round), and a fresh channel would
+/// mean a new TCP and HTTP/2 handshake each time. One HTTP/2 connection per
+/// peer carries replication, heartbeats, votes and read checks alike.
 #[derive(Debug, Clone, Default)]
 pub struct Network {
     dialer: Dialer,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl Network {
     /// A network that dials peers with `dialer` (TLS identity, token).
     pub fn new(dialer: Dialer) -> Self {
-        Network { dialer }
+        Network { dialer, channels: Arc::default() }
+    }
+
+    fn channel(&self, address: &str) -> Option<Channel> {
+        let mut channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(channel) = channels.get(address) {
+            return Some(channel.clone());
+        }
+        let channel = self.dialer.channel(address).ok()?;
+        channels.insert(address.to_owned(), channel.clone());
+        Some(channel)
     }
 }
 
@@ -39,7 +58,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
-        PeerClient::new(target, node.clone(), self.dialer.clone())
+        let channel = self.channel(&node.addr);
+        PeerClient::new(target, node.clone(), channel, self.dialer.clone())
     }
 }
 
@@ -52,8 +72,8 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    fn new(target: NodeId, node: Node, dialer: Dialer) -> Self {
-        let client = dialer.channel(&node.addr).ok().map(|channel| {
+    fn new(target: NodeId, node: Node, channel: Option<Channel>, dialer: Dialer) -> Self {
+        let client = channel.map(|channel| {
             RaftClient::new(channel)
                 .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
@@ -90,13 +110,14 @@ impl PeerClient {
     }
 }
 
-/// Connection-level failures make openraft back off; anything else is a
-/// network error it may retry at once.
+/// A peer that cannot be connected to is `Unreachable`: openraft then backs
+/// off (500 ms) instead of retrying in a tight loop. A call that merely timed
+/// out (openraft's per-RPC timeout is one heartbeat interval) is a network
+/// error it retries at once: backing off there stalls every write by 500 ms
+/// whenever a follower is briefly slow.
 fn status_to_rpc_error<E: std::error::Error>(status: &tonic::Status) -> RPCError<E> {
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-            RPCError::Unreachable(Unreachable::new(status))
-        }
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(status)),
         _ => RPCError::Network(NetworkError::new(status)),
     }
 }
