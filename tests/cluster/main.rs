@@ -9,12 +9,12 @@ mod common;
 #[path = "../common/conformance.rs"]
 mod conformance;
 
+mod bad_input;
 mod calls;
 mod conformance_clusters;
 mod failover;
+mod membership;
+mod operations;
 mod restart;
 mod security;
 mod snapshot;
-mod membership;
-mod operations;
-mod bad_input;

@@ -80,7 +80,9 @@ fn sample(body: &str, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
         .into_iter()
         .find(|s| s.metric == name && label.is_none_or(|(key, value)| s.labels.get(key) == Some(value)))
         .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
             _ => f64::NAN,
         })
 }

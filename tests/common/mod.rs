@@ -140,7 +140,10 @@ impl TestCluster {
         );
         std::fs::write(&config_path, text).expect("write node config");
         let log_path = self.dir.path().join(format!("node{id}.log"));
-        self.nodes.insert(id, NodeProcess { id, address: address.to_owned(), config_path, log_path, child: None, metrics_address });
+        self.nodes.insert(
+            id,
+            NodeProcess { id, address: address.to_owned(), config_path, log_path, child: None, metrics_address },
+        );
     }
 
     /// Starts (or restarts) node `id` from its config and data dir.
@@ -209,9 +212,10 @@ impl TestCluster {
     }
 
     pub fn client(&self) -> Client {
-        let tls = self.tuning.tls_dir.as_ref().map(|dir| {
-            runner_storage::transport::Dialer::client_tls(&dir.join("ca.pem")).expect("read the test CA")
-        });
+        let tls =
+            self.tuning.tls_dir.as_ref().map(|dir| {
+                runner_storage::transport::Dialer::client_tls(&dir.join("ca.pem")).expect("read the test CA")
+            });
         let dialer = runner_storage::transport::Dialer::new(tls, self.tuning.auth_token.as_deref()).expect("dialer");
         let options = runner_storage::client::ClientOptions { dialer, ..Default::default() };
         Client::with_options(self.endpoints(), options).expect("client")
