@@ -194,8 +194,11 @@ async fn rounds(endpoints: &[String], args: &FailoverArgs, marks: &Marks, json: 
         );
     }
     for round in 1..=args.rounds {
-        let leader = wait_whole(&status_client, endpoints).await?;
+        wait_whole(&status_client, endpoints).await?;
         tokio::time::sleep(args.settle).await;
+        // Read the leader again right before the kill: an election during
+        // the settle pause would otherwise make this round kill a follower.
+        let leader = wait_whole(&status_client, endpoints).await?;
         let result = one_round(&status_client, endpoints, args, marks, round, &leader).await?;
         if json {
             eprintln!("failover round {round}: first ack {:?} ms", result.first_ack_ms);
