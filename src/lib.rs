@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod pb;
+pub mod proposer;
 // openraft's traits return its StorageError (224 bytes); boxing it at every
 // call site would only add allocations on the storage path.
 #[allow(clippy::result_large_err)]

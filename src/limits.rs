@@ -71,6 +71,28 @@ pub const LOG_FLUSHES_QUEUED_MAX: usize = 1024;
 /// Requests served at once on one client connection; more wait their turn.
 pub const CONCURRENT_REQUESTS_PER_CONNECTION_MAX: usize = 1024;
 
+/// Most envelopes in one Raft entry: concurrent writes share an entry (and
+/// its fsync), see `proposer`.
+pub const PROPOSAL_ENVELOPES_MAX: usize = 512;
+
+/// Bytes of envelopes (roughly) after which a batch is closed.
+pub const PROPOSAL_BYTES_MAX: usize = 1024 * 1024;
+
+/// Largest single envelope in the log, roughly: a maximal acquire.
+pub const ENVELOPE_BYTES_MAX: usize = SHARD_IDS_PER_CALL_MAX * (SHARD_ID_BYTES_MAX + 16) + RUNNER_JSON_BYTES_MAX;
+
+/// Batches being committed at once; more writes wait in the queue and form
+/// the next batches.
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4;
+
+/// Writes waiting for a batch at once; more wait for room.
+pub const PROPOSAL_QUEUE_MAX: usize = 4096;
+
+/// Entries per AppendEntries message (openraft's max_payload_entries): with
+/// entries of at most `PROPOSAL_BYTES_MAX + ENVELOPE_BYTES_MAX`, a message
+/// stays within `GRPC_MESSAGE_BYTES_MAX`.
+pub const REPLICATION_ENTRIES_MAX: u64 = 4;
+
 // The largest legal acquire must fit in one gRPC message, with room for framing.
 const _: () = assert!(SHARD_IDS_PER_CALL_MAX * (SHARD_ID_BYTES_MAX + 8) <= GRPC_MESSAGE_BYTES_MAX / 2);
 // A snapshot chunk plus its envelope must fit in one gRPC message.
@@ -79,3 +101,6 @@ const _: () = assert!(SNAPSHOT_CHUNK_BYTES * 2 <= GRPC_MESSAGE_BYTES_MAX);
 const _: () = assert!(RUNNERS_MAX_DEFAULT as i64 >= MACHINE_ID_RESIDUES);
 const _: () = assert!(LOCK_EXPIRATION_MS_DEFAULT <= LOCK_EXPIRATION_MS_MAX);
 const _: () = assert!(FORWARD_HOPS_MAX == 1);
+// A full AppendEntries message of maximal entries fits in one gRPC message.
+const _: () =
+    assert!(REPLICATION_ENTRIES_MAX as usize * (PROPOSAL_BYTES_MAX + ENVELOPE_BYTES_MAX) <= GRPC_MESSAGE_BYTES_MAX);

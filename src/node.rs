@@ -20,6 +20,7 @@ use crate::clock::wall_clock_ms;
 use crate::config::NodeConfig;
 use crate::error::Error;
 use crate::model::RequestId;
+use crate::proposer::{Proposer, Refused};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::sm_store::{AppliedState, StateMachineStore};
@@ -62,11 +63,14 @@ pub struct Node {
     pub state_machine: StateMachineStore,
     /// Channels to the leader for forwarded calls.
     pub forwarder: Forwarder,
+    /// Batches concurrent writes into one Raft entry.
+    proposer: Proposer,
     /// Coalesces concurrent reads' barrier rounds.
     read_barrier: ReadBarrier,
     /// Call counters and latencies, rendered for Prometheus.
     pub metrics: crate::metrics::Metrics,
     committed_index: Arc<AtomicU64>,
+    flush_stats: Arc<crate::raft::log_store::FlushStats>,
     db: sled::Db,
     planted_bug: Option<PlantedBug>,
 }
@@ -115,6 +119,7 @@ impl Node {
         let state_machine = StateMachineStore::open(&db, State::default()).context("cannot open the state machine")?;
         let raft_config = Arc::new(raft_config(config)?);
         let committed_index = log_store.committed_index();
+        let flush_stats = log_store.flush_stats();
         let dialer = config.peer_dialer()?;
         let raft =
             Raft::new(config.node_id, raft_config, Network::new(dialer.clone()), log_store, state_machine.clone())
@@ -128,6 +133,7 @@ impl Node {
         let metrics = crate::metrics::Metrics::new();
         // Half of openraft's leader lease (followers refuse other candidates for
         // election_timeout_max after our last acknowledged heartbeat).
+        let proposer = Proposer::start(raft.clone());
         let read_barrier = ReadBarrier::new(Duration::from_millis(config.raft.election_timeout_max_ms / 2));
         Ok(Arc::new(Node {
             id: config.node_id,
@@ -135,8 +141,10 @@ impl Node {
             state_machine,
             forwarder,
             read_barrier,
+            proposer,
             metrics,
             committed_index,
+            flush_stats,
             db,
             planted_bug,
         }))
@@ -176,15 +184,10 @@ impl Node {
             request_id.validate()?;
         }
         let envelope = Envelope { time_ms: wall_clock_ms(), request_id, command };
-        let written =
-            tokio::time::timeout(RAFT_CALL_TIMEOUT, self.raft.client_write(envelope)).await.map_err(|_| {
-                Error::unavailable("the write was not committed in time (no quorum?); its outcome is unknown")
-            })?;
-        match written {
-            Ok(response) => Ok(response.data.into_result()?),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => Err(not_leader(forward)),
-            Err(RaftError::APIError(error)) => Err(Error::unavailable(error.to_string()).into()),
-            Err(RaftError::Fatal(fatal)) => Err(Error::unavailable(format!("this node has stopped: {fatal}")).into()),
+        match self.proposer.propose(envelope).await {
+            Ok(reply) => Ok(reply.into_result()?),
+            Err(Refused::NotLeader(leader_address)) => Err(CallError::NotLeader { leader_address }),
+            Err(Refused::Unavailable(reason)) => Err(Error::unavailable(reason).into()),
         }
     }
 
@@ -246,6 +249,9 @@ impl Node {
             purged_index: metrics.purged.map_or(0, |log_id| log_id.index),
             snapshot_index: metrics.snapshot.map_or(0, |log_id| log_id.index),
             disk_bytes: self.size_on_disk(),
+            log_flushes: self.flush_stats.flushes.load(Ordering::Relaxed),
+            log_flushed_appends: self.flush_stats.appends.load(Ordering::Relaxed),
+            log_flush_seconds: self.flush_stats.flush_micros.load(Ordering::Relaxed) as f64 / 1e6,
         }
     }
 
@@ -287,6 +293,7 @@ fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(tuning.snapshot_logs_since_last),
         max_in_snapshot_log_to_keep: tuning.logs_kept_after_snapshot,
         snapshot_max_chunk_size: crate::limits::SNAPSHOT_CHUNK_BYTES as u64,
+        max_payload_entries: crate::limits::REPLICATION_ENTRIES_MAX,
         ..Default::default()
     };
     raft_config.validate().context("invalid Raft settings")

@@ -23,6 +23,17 @@ use crate::limits;
 
 type Entry = openraft::Entry<TypeConfig>;
 
+/// How well group commit works: flushes, the appends they covered, time spent.
+#[derive(Debug, Default)]
+pub struct FlushStats {
+    /// Flushes (fsyncs) of the log.
+    pub flushes: AtomicU64,
+    /// Appends acknowledged by those flushes.
+    pub appends: AtomicU64,
+    /// Microseconds spent flushing.
+    pub flush_micros: AtomicU64,
+}
+
 /// The Raft log, vote and markers of one node, in sled.
 #[derive(Clone)]
 pub struct LogStore {
@@ -31,6 +42,7 @@ pub struct LogStore {
     meta: sled::Tree,
     flush_requests: mpsc::Sender<LogFlushed<TypeConfig>>,
     committed_index: Arc<AtomicU64>,
+    flush_stats: Arc<FlushStats>,
 }
 
 impl LogStore {
@@ -42,9 +54,10 @@ impl LogStore {
         let logs = db.open_tree(schema::LOGS).map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?;
         let meta = db.open_tree(schema::META).map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?;
         let (flush_requests, flush_queue) = mpsc::channel(limits::LOG_FLUSHES_QUEUED_MAX);
-        tokio::spawn(run_flusher(db.clone(), flush_queue));
-        let store =
-            LogStore { db: db.clone(), logs, meta, flush_requests, committed_index: Arc::new(AtomicU64::new(0)) };
+        let flush_stats = Arc::new(FlushStats::default());
+        tokio::spawn(run_flusher(db.clone(), flush_queue, flush_stats.clone()));
+        let committed_index = Arc::new(AtomicU64::new(0));
+        let store = LogStore { db: db.clone(), logs, meta, flush_requests, committed_index, flush_stats };
         let committed = store.read_meta::<Option<LogId<NodeId>>>(schema::COMMITTED_KEY)?.flatten();
         store.committed_index.store(committed.map_or(0, |log_id| log_id.index), Ordering::Relaxed);
         Ok(store)
@@ -53,6 +66,11 @@ impl LogStore {
     /// The index of the last log id saved as committed (0 before any).
     pub fn committed_index(&self) -> Arc<AtomicU64> {
         self.committed_index.clone()
+    }
+
+    /// Group-commit statistics of this log.
+    pub fn flush_stats(&self) -> Arc<FlushStats> {
+        self.flush_stats.clone()
     }
 
     /// Bytes the log trees take on disk, roughly (sled's own estimate of the database).
@@ -117,10 +135,14 @@ fn key_range(range: impl RangeBounds<u64>) -> (Bound<[u8; 8]>, Bound<[u8; 8]>) {
 
 /// Flushes sled once for every batch of waiting append callbacks, then
 /// completes them in order. Ends when every [`LogStore`] clone is dropped.
-async fn run_flusher(db: sled::Db, mut queue: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+async fn run_flusher(db: sled::Db, mut queue: mpsc::Receiver<LogFlushed<TypeConfig>>, stats: Arc<FlushStats>) {
     let mut waiting = Vec::with_capacity(limits::LOG_FLUSHES_QUEUED_MAX);
     while queue.recv_many(&mut waiting, limits::LOG_FLUSHES_QUEUED_MAX).await > 0 {
+        let started = std::time::Instant::now();
         let flushed = db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
+        stats.flushes.fetch_add(1, Ordering::Relaxed);
+        stats.appends.fetch_add(waiting.len() as u64, Ordering::Relaxed);
+        stats.flush_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         for callback in waiting.drain(..) {
             let result = flushed.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
             callback.log_io_completed(result);

@@ -16,11 +16,11 @@ pub mod sm_store;
 use crate::state_machine::{Envelope, Reply};
 
 openraft::declare_raft_types!(
-    /// openraft's type configuration for runner-storage: log entries carry
-    /// [`Envelope`]s and applying one yields a [`Reply`].
+    /// openraft's type configuration for runner-storage: a log entry carries
+    /// a batch of [`Envelope`]s and applying it yields one [`Reply`] each.
     pub TypeConfig:
-        D = Envelope,
-        R = Reply,
+        D = Vec<Envelope>,
+        R = Vec<Reply>,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,

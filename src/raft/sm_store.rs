@@ -121,7 +121,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((applied.last_applied, applied.last_membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Reply>>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -139,11 +139,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             applied.last_applied = Some(entry.log_id);
             let reply = match entry.payload {
-                EntryPayload::Blank => Reply::Done,
-                EntryPayload::Normal(envelope) => applied.state.apply(&envelope),
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(envelopes) => {
+                    envelopes.iter().map(|envelope| applied.state.apply(envelope)).collect()
+                }
                 EntryPayload::Membership(membership) => {
                     applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
-                    Reply::Done
+                    Vec::new()
                 }
             };
             replies.push(reply);
