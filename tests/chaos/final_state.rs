@@ -50,8 +50,10 @@ async fn state_at(data_dir: &Path, index: u64) -> Result<State, String> {
         if entry.log_id.index != want {
             return Err(format!("log entry {} where {want} was expected", entry.log_id.index));
         }
-        if let EntryPayload::Normal(envelope) = &entry.payload {
-            state.apply(envelope);
+        if let EntryPayload::Normal(envelopes) = &entry.payload {
+            for envelope in envelopes {
+                state.apply(envelope);
+            }
         }
     }
     Ok(state)
