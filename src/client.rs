@@ -34,8 +34,9 @@ pub const CALL_DEADLINE_DEFAULT: Duration = Duration::from_secs(10);
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(4);
 /// First pause between attempts; doubles up to [`BACKOFF_MAX`].
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(10);
-/// Longest pause between attempts.
-pub const BACKOFF_MAX: Duration = Duration::from_millis(250);
+/// Longest pause between attempts: short, so a client notices a new leader
+/// soon after an election (one that waited 250 ms added that to failovers).
+pub const BACKOFF_MAX: Duration = Duration::from_millis(100);
 
 /// A client of one cluster.
 pub struct Client {
