@@ -22,7 +22,7 @@ mod model_tests;
 
 use serde::Serialize;
 
-use crate::history::History;
+use crate::history::{History, Outcome};
 use shard_model::Interner;
 use wgl::{Limits, Verdict};
 
@@ -88,29 +88,82 @@ pub fn describe(history: &History, id: u64) -> String {
     }
 }
 
-fn record(verdicts: &mut Verdicts, history: &History, object: &str, verdict: Verdict) {
+fn record(
+    verdicts: &mut Verdicts,
+    history: &History,
+    object: &str,
+    verdict: Verdict,
+    check: &dyn Fn(&History) -> Verdict,
+) {
     verdicts.linearizability_objects += 1;
     match verdict {
         Verdict::Linearizable { steps } => verdicts.linearizability_steps += steps,
         Verdict::Violation { stuck_at, prefix_len, states } => verdicts.linearizability.push(format!(
-            "{object}: not linearizable: {} cannot be placed after the longest linearizable prefix ({prefix_len} ops); model states there: {states}",
+            "{object}: not linearizable. {}. The search's deepest point: {} could not be placed after {prefix_len} ops; model states there: {states}",
+            culprit(history, check),
             describe(history, stuck_at)
         )),
         Verdict::Inconclusive { reason } => verdicts.linearizability_inconclusive.push(format!("{object}: {reason}")),
     }
 }
 
-fn check_linearizability(history: &History, verdicts: &mut Verdicts) {
-    let lock_expiration_us = history.lock_expiration_us();
-    let mut addresses = Interner::default();
-    let mut runners = Interner::default();
+/// The first `count` operations (by invocation) with the final state
+/// left out, and every operation still running when the last of them was
+/// invoked turned `unknown` (its answer dropped). A history that is
+/// linearizable stays so under this cut, so the shortest failing cut ends
+/// with the operation that makes the history fail.
+fn cut(history: &History, count: usize) -> History {
+    let until = history.ops[count - 1].invoke_us;
+    let mut ops = history.ops[..count].to_vec();
+    for op in ops.iter_mut().filter(|op| op.complete_us > until && op.outcome == Outcome::Ok) {
+        op.outcome = Outcome::Unknown;
+        op.answer = None;
+    }
+    History { info: history.info.clone(), ops, faults: Vec::new(), final_state: None }
+}
+
+/// Bisects for the shortest failing cut of `history` under `check`.
+fn culprit(history: &History, check: &dyn Fn(&History) -> Verdict) -> String {
+    let fails = |count: usize| matches!(check(&cut(history, count)), Verdict::Violation { .. });
+    let total = history.ops.len();
+    if total == 0 || !fails(total) {
+        return "Every cut of the operations passes: the final state read from the replicas is what cannot be explained"
+            .into();
+    }
+    // fails(high) holds; fails(low) does not (no operations pass trivially).
+    let (mut low, mut high) = (0, total);
+    while high - low > 1 {
+        let middle = low + (high - low) / 2;
+        if fails(middle) {
+            high = middle;
+        } else {
+            low = middle;
+        }
+    }
+    format!("The shortest failing prefix ends with {}", describe(history, history.ops[high - 1].id))
+}
+
+fn check_table(history: &History) -> Verdict {
+    let (mut addresses, mut runners) = (Interner::default(), Interner::default());
     let table = runner_model::table_history(history, &mut addresses, &mut runners);
-    let verdict = wgl::check(&runner_model::TableModel { lock_expiration_us }, &table, Limits::default());
-    record(verdicts, history, "runner table", verdict);
-    let shards = shard_model::shard_histories(history, &mut addresses);
-    let model = shard_model::ShardModel { lock_expiration_us };
-    for (shard_id, ops) in shards {
-        let verdict = wgl::check(&model, &ops, Limits::default());
-        record(verdicts, history, &format!("shard {shard_id}"), verdict);
+    wgl::check(
+        &runner_model::TableModel { lock_expiration_us: history.lock_expiration_us() },
+        &table,
+        Limits::default(),
+    )
+}
+
+fn check_shard(history: &History, shard_id: &str) -> Verdict {
+    let mut shards = shard_model::shard_histories(history, &mut Interner::default());
+    let ops = shards.remove(shard_id).unwrap_or_default();
+    wgl::check(&shard_model::ShardModel { lock_expiration_us: history.lock_expiration_us() }, &ops, Limits::default())
+}
+
+fn check_linearizability(history: &History, verdicts: &mut Verdicts) {
+    record(verdicts, history, "runner table", check_table(history), &check_table);
+    let shard_ids: Vec<String> = shard_model::shard_histories(history, &mut Interner::default()).into_keys().collect();
+    for shard_id in shard_ids {
+        let check = |history: &History| check_shard(history, &shard_id);
+        record(verdicts, history, &format!("shard {shard_id}"), check(history), &check);
     }
 }

@@ -103,3 +103,16 @@ fn reads_must_show_live_runners_in_machine_id_order() {
     expired.push(read(2, 2100, &[]));
     assert_eq!(findings(&history(expired, None))[0], 0);
 }
+
+#[test]
+fn heartbeat_of_unknown_outcome_may_keep_a_runner_live_indefinitely() {
+    let mut refresh = op(1, Call::Refresh { address: "a:1".into(), shard_ids: Vec::new() }, 10, 20, None);
+    refresh.outcome = Outcome::Unknown;
+    let late_read = history(vec![register(0, "a:1", 0, 1), refresh.clone(), read(2, 60_000, &["a:1"])], None);
+    assert_eq!(findings(&late_read)[0], 0);
+    let mut lock_refresh =
+        op(1, Call::Refresh { address: "a:1".into(), shard_ids: vec!["default:1".into()] }, 10, 20, None);
+    lock_refresh.outcome = Outcome::Unknown;
+    let kept = history(vec![acquire(0, "a:1", 0, true), lock_refresh, acquire(2, "b:1", 60_000, false)], None);
+    assert_eq!(findings(&kept)[0], 0);
+}

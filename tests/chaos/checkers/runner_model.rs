@@ -104,7 +104,8 @@ impl TableModel {
     }
 
     fn possibly_live(&self, record: &Record, time: Window) -> bool {
-        record.heartbeat.hi + self.lock_expiration_us > time.lo
+        // `hi` is `Micros::MAX` after a heartbeat of unknown outcome.
+        record.heartbeat.hi.saturating_add(self.lock_expiration_us) > time.lo
     }
 
     fn register(&self, state: &TableState, call: &TableCall, time: Window, next: &mut Vec<TableState>) {

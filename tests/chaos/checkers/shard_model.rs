@@ -88,7 +88,8 @@ impl ShardModel {
             }
             Some((_, acquired_at)) => {
                 let expired_possible = acquired_at.lo + self.lock_expiration_us < time.hi;
-                let held_possible = acquired_at.hi + self.lock_expiration_us >= time.lo;
+                // `hi` is `Micros::MAX` after a write of unknown outcome.
+                let held_possible = acquired_at.hi.saturating_add(self.lock_expiration_us) >= time.lo;
                 if expired_possible && got != Some(false) {
                     let lo = time.lo.max(acquired_at.lo + self.lock_expiration_us);
                     next.push(ShardState { holder: Some((address, Window { lo, hi: time.hi })), clock_lo: lo });
