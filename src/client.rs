@@ -24,7 +24,7 @@ use crate::limits;
 use crate::pb::admin as admin_pb;
 use crate::pb::v1 as pb;
 use crate::pb::v1::runner_storage_client::RunnerStorageClient;
-use crate::service::status::from_status;
+use crate::service::status::{from_status, LEADER_ADDRESS_KEY};
 use crate::transport::Dialer;
 
 /// Default time one call may take, retries included.
@@ -138,6 +138,15 @@ impl Client {
         }
     }
 
+    /// After a success at `endpoint` that a follower forwarded: send the
+    /// next calls to the leader it named, saving a hop per call.
+    fn follow_forwarding_hint<T>(&self, endpoint: &str, response: &tonic::Response<T>) {
+        let hint = response.metadata().get(LEADER_ADDRESS_KEY).and_then(|value| value.to_str().ok());
+        if let Some(leader) = hint.filter(|leader| *leader != endpoint) {
+            self.move_on(endpoint, Some(leader.to_owned()));
+        }
+    }
+
     fn channel(&self, endpoint: &str) -> Result<Channel> {
         let mut channels = lock(&self.channels);
         if let Some(channel) = channels.get(endpoint) {
@@ -167,7 +176,10 @@ impl Client {
             let endpoint = self.current_endpoint();
             let attempt_timeout = deadline.saturating_duration_since(Instant::now()).min(attempt_timeout_max);
             let error = match tokio::time::timeout(attempt_timeout, call(self.channel(&endpoint)?)).await {
-                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Ok(response)) => {
+                    self.follow_forwarding_hint(&endpoint, &response);
+                    return Ok(response.into_inner());
+                }
                 Ok(Err(status)) => self.explain(&endpoint, status),
                 Err(_) => Error::unavailable(format!("no answer from {endpoint} within {attempt_timeout:?}")),
             };

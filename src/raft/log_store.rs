@@ -55,7 +55,12 @@ impl LogStore {
         let meta = db.open_tree(schema::META).map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?;
         let (flush_requests, flush_queue) = mpsc::channel(limits::LOG_FLUSHES_QUEUED_MAX);
         let flush_stats = Arc::new(FlushStats::default());
-        tokio::spawn(run_flusher(db.clone(), flush_queue, flush_stats.clone()));
+        let flusher_db = db.clone();
+        let flusher_stats = flush_stats.clone();
+        std::thread::Builder::new()
+            .name("log-flusher".into())
+            .spawn(move || run_flusher(&flusher_db, flush_queue, &flusher_stats))
+            .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
         let committed_index = Arc::new(AtomicU64::new(0));
         let store = LogStore { db: db.clone(), logs, meta, flush_requests, committed_index, flush_stats };
         let committed = store.read_meta::<Option<LogId<NodeId>>>(schema::COMMITTED_KEY)?.flatten();
@@ -135,11 +140,20 @@ fn key_range(range: impl RangeBounds<u64>) -> (Bound<[u8; 8]>, Bound<[u8; 8]>) {
 
 /// Flushes sled once for every batch of waiting append callbacks, then
 /// completes them in order. Ends when every [`LogStore`] clone is dropped.
-async fn run_flusher(db: sled::Db, mut queue: mpsc::Receiver<LogFlushed<TypeConfig>>, stats: Arc<FlushStats>) {
+///
+/// A thread of its own, flushing synchronously: `flush_async` would hop from
+/// a tokio task to sled's thread pool and back, and under load those
+/// wake-ups cost more than the flush itself (~0.4 ms against ~0.12 ms).
+fn run_flusher(db: &sled::Db, mut queue: mpsc::Receiver<LogFlushed<TypeConfig>>, stats: &FlushStats) {
     let mut waiting = Vec::with_capacity(limits::LOG_FLUSHES_QUEUED_MAX);
-    while queue.recv_many(&mut waiting, limits::LOG_FLUSHES_QUEUED_MAX).await > 0 {
+    while let Some(first) = queue.blocking_recv() {
+        waiting.push(first);
+        while waiting.len() < limits::LOG_FLUSHES_QUEUED_MAX {
+            let Ok(next) = queue.try_recv() else { break };
+            waiting.push(next);
+        }
         let started = std::time::Instant::now();
-        let flushed = db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
+        let flushed = db.flush().map(|_| ()).map_err(std::io::Error::other);
         stats.flushes.fetch_add(1, Ordering::Relaxed);
         stats.appends.fetch_add(waiting.len() as u64, Ordering::Relaxed);
         stats.flush_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);

@@ -152,21 +152,33 @@ where
                 }
             };
             let channel = node.forwarder.channel(&leader_address).map_err(status::to_status)?;
-            forward(channel, node.forwarder.request(message, timeout)).await.map_err(|status| {
-                // Pass the leader's answer through, but add the hint so the
-                // client can go to the leader next time; name the leader when
-                // it could not be reached at all.
-                let mut status = if status.code() == tonic::Code::Unavailable {
-                    let message = format!("forwarding to the leader at {leader_address} failed: {}", status.message());
-                    Status::unavailable(message)
-                } else {
+            let leader_value = leader_address.parse::<tonic::metadata::MetadataValue<_>>().ok();
+            let forwarded = forward(channel, node.forwarder.request(message, timeout)).await;
+            forwarded
+                .map(|mut response| {
+                    // Name the leader on success too: the client goes straight
+                    // there next time instead of paying two hops per call.
+                    if let Some(value) = leader_value.clone() {
+                        response.metadata_mut().insert(status::LEADER_ADDRESS_KEY, value);
+                    }
+                    response
+                })
+                .map_err(|status| {
+                    // Pass the leader's answer through, but add the hint so the
+                    // client can go to the leader next time; name the leader when
+                    // it could not be reached at all.
+                    let mut status = if status.code() == tonic::Code::Unavailable {
+                        let message =
+                            format!("forwarding to the leader at {leader_address} failed: {}", status.message());
+                        Status::unavailable(message)
+                    } else {
+                        status
+                    };
+                    if let Some(value) = leader_value {
+                        status.metadata_mut().insert(status::LEADER_ADDRESS_KEY, value);
+                    }
                     status
-                };
-                if let Ok(value) = leader_address.parse() {
-                    status.metadata_mut().insert(status::LEADER_ADDRESS_KEY, value);
-                }
-                status
-            })
+                })
         }
     }
 }

@@ -2,13 +2,14 @@
 //! directions (the server answers with it, the client decodes with it).
 //!
 //! A leader hint rides in the [`LEADER_ADDRESS_KEY`] metadata of an
-//! `UNAVAILABLE` status, so clients can go straight to the leader.
+//! `UNAVAILABLE` status, and of any answer a follower forwarded to the
+//! leader, so clients can go straight to the leader.
 
 use tonic::{Code, Status};
 
 use crate::error::Error;
 
-/// Metadata key of the leader's client address on `UNAVAILABLE` answers.
+/// Metadata key of the leader's client address on `UNAVAILABLE` and forwarded answers.
 pub const LEADER_ADDRESS_KEY: &str = "x-runner-storage-leader";
 
 /// The gRPC status for `error`.
