@@ -21,7 +21,13 @@ mkdir -p "$STATE/pids" "$STATE/logs" "$STATE/configs"
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 pid_file() { echo "$STATE/pids/node$1.pid"; }
-is_running() { local f; f=$(pid_file "$1"); [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
+# Running: the pid exists and is not a zombie (a killed node whose parent has
+# not reaped it yet has released its data dir already).
+is_running() {
+  local f pid; f=$(pid_file "$1"); [ -f "$f" ] || return 1
+  pid=$(cat "$f"); [ -e "/proc/$pid" ] || return 1
+  ! grep -q ') Z' "/proc/$pid/stat" 2>/dev/null
+}
 node_config() {
   if [ -f "$STATE/configs/node$1.toml" ]; then echo "$STATE/configs/node$1.toml"; return; fi
   echo "cluster-config/$(cat "$STATE/layout" 2>/dev/null || echo three)/node$1.toml"

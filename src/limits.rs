@@ -107,3 +107,14 @@ const _: () = assert!(FORWARD_HOPS_MAX == 1);
 // A full AppendEntries message of maximal entries fits in one gRPC message.
 const _: () =
     assert!(REPLICATION_ENTRIES_MAX as usize * (PROPOSAL_BYTES_MAX + ENVELOPE_BYTES_MAX) <= GRPC_MESSAGE_BYTES_MAX);
+
+/// Pause between attempts to reach a peer that refused or dropped the
+/// connection. Short, so a restarted node is caught up soon after it comes
+/// up; a refused connect on a dead peer costs next to nothing.
+pub const PEER_UNREACHABLE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// sled's page cache (its default is 1 GiB). The state lives in memory
+/// anyway; sled holds the log tail and the latest snapshot, so a small
+/// cache keeps a node's memory bounded without slowing the hot path, which
+/// only appends.
+pub const SLED_CACHE_BYTES: u64 = 32 * 1024 * 1024;

@@ -52,6 +52,10 @@ pub struct RaftView {
     pub snapshot_index: u64,
     /// Bytes of the data dir.
     pub disk_bytes: u64,
+    /// Bytes of the latest snapshot.
+    pub snapshot_bytes: u64,
+    /// Resident memory of this process, 0 where unknown.
+    pub resident_memory_bytes: u64,
     /// Flushes of the Raft log (group commit).
     pub log_flushes: u64,
     /// Appends those flushes acknowledged.
@@ -80,6 +84,8 @@ struct RaftGauges {
     log_entries: Gauge,
     snapshot_index: Gauge,
     disk_bytes: Gauge,
+    snapshot_bytes: Gauge,
+    resident_memory_bytes: Gauge,
     live_runners: Gauge,
     runner_records: Gauge,
     held_locks: Gauge,
@@ -112,7 +118,7 @@ impl Metrics {
         registry.register("call_seconds", "Latency of client calls, by call", call_seconds.clone());
         registry.register("errors", "Client calls that failed, by call and gRPC code", errors.clone());
         let raft = RaftGauges::default();
-        let gauges: [(&str, &str, &Gauge); 13] = [
+        let gauges: [(&str, &str, &Gauge); 15] = [
             ("raft_role", "1 leader, 2 follower, 3 candidate, 4 learner, 0 shut down", &raft.role),
             ("raft_term", "Current Raft term", &raft.term),
             ("raft_leader_id", "Known leader's node id, 0 when none", &raft.leader_id),
@@ -122,6 +128,8 @@ impl Metrics {
             ("raft_log_entries", "Entries in the log (last index - purged index)", &raft.log_entries),
             ("raft_snapshot_index", "Log index of the latest snapshot", &raft.snapshot_index),
             ("disk_bytes", "Bytes of the data dir (sled's estimate)", &raft.disk_bytes),
+            ("snapshot_bytes", "Bytes of the latest snapshot", &raft.snapshot_bytes),
+            ("resident_memory_bytes", "Resident memory (RSS) of the node process", &raft.resident_memory_bytes),
             ("live_runners", "Runners whose heartbeat is within the lock expiration", &raft.live_runners),
             ("runner_records", "Runner records, live or not", &raft.runner_records),
             ("held_locks", "Shard locks within the lock expiration", &raft.held_locks),
@@ -163,6 +171,8 @@ impl Metrics {
         set(&gauges.log_entries, raft.last_log_index.saturating_sub(raft.purged_index));
         set(&gauges.snapshot_index, raft.snapshot_index);
         set(&gauges.disk_bytes, raft.disk_bytes);
+        set(&gauges.snapshot_bytes, raft.snapshot_bytes);
+        set(&gauges.resident_memory_bytes, raft.resident_memory_bytes);
         set(&gauges.log_flushes, raft.log_flushes);
         set(&gauges.log_flushed_appends, raft.log_flushed_appends);
         gauges.log_flush_seconds.set(raft.log_flush_seconds);
@@ -178,4 +188,16 @@ impl Metrics {
         }
         text
     }
+}
+
+/// This process's resident memory (`VmRSS` of `/proc/self/status`), 0 where
+/// the file is missing (not Linux) or unreadable.
+pub fn resident_memory_bytes() -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return 0 };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
 }

@@ -111,10 +111,12 @@ impl Node {
     pub async fn open(config: &NodeConfig) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-        let db =
-            sled::Config::new().path(&config.data_dir).mode(sled::Mode::HighThroughput).open().with_context(|| {
-                format!("cannot open data_dir {} (in use by another node?)", config.data_dir.display())
-            })?;
+        let db = sled::Config::new()
+            .path(&config.data_dir)
+            .mode(sled::Mode::HighThroughput)
+            .cache_capacity(crate::limits::SLED_CACHE_BYTES)
+            .open()
+            .with_context(|| format!("cannot open data_dir {} (in use by another node?)", config.data_dir.display()))?;
         let log_store = LogStore::open(&db).context("cannot open the Raft log")?;
         let state_machine = StateMachineStore::open(&db, State::default()).context("cannot open the state machine")?;
         let raft_config = Arc::new(raft_config(config)?);
@@ -249,6 +251,8 @@ impl Node {
             purged_index: metrics.purged.map_or(0, |log_id| log_id.index),
             snapshot_index: metrics.snapshot.map_or(0, |log_id| log_id.index),
             disk_bytes: self.size_on_disk(),
+            snapshot_bytes: self.state_machine.snapshot_bytes(),
+            resident_memory_bytes: crate::metrics::resident_memory_bytes(),
             log_flushes: self.flush_stats.flushes.load(Ordering::Relaxed),
             log_flushed_appends: self.flush_stats.appends.load(Ordering::Relaxed),
             log_flush_seconds: self.flush_stats.flush_micros.load(Ordering::Relaxed) as f64 / 1e6,

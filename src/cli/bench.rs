@@ -8,6 +8,7 @@
 //! - [`effect_mix`]: the call pattern of real Effect runners, sped up;
 //! - [`failover`]: SIGKILL the leader, time to the next acknowledged write;
 //!   `idle`: leader changes of an idle cluster;
+//! - [`scale`]: 10,000 runners and 30,000 locks: memory, snapshot, restart;
 //! - [`report`]: per-task recorders, medians, the table and the JSON.
 //!
 //! Every run is bounded: warm-up + duration, then at most [`DRAIN_MAX`] for
@@ -18,6 +19,7 @@
 pub mod effect_mix;
 pub mod failover;
 pub mod report;
+pub mod scale;
 pub mod workloads;
 
 use std::future::Future;
@@ -104,6 +106,8 @@ pub enum Workload {
     Failover(failover::FailoverArgs),
     /// Watch an idle cluster for leader changes (spurious elections) for --duration.
     Idle,
+    /// Fill the cluster (10,000 runners, 30,000 locks): memory, snapshot size, restart time.
+    Scale(scale::ScaleArgs),
 }
 
 impl Workload {
@@ -117,6 +121,7 @@ impl Workload {
             Workload::All => "all",
             Workload::Failover(_) => "failover",
             Workload::Idle => "idle",
+            Workload::Scale(_) => "scale",
         }
     }
 }
@@ -255,6 +260,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match &args.workload {
         Workload::Failover(failover_args) => return failover::run(&args.endpoints, failover_args, args.json).await,
         Workload::Idle => return failover::idle(&args.endpoints, args.duration, args.json).await,
+        Workload::Scale(scale_args) => return scale::run(&args.endpoints, scale_args, args.json).await,
         _ => {}
     }
     wait_for_leader(&args.endpoints).await?;
@@ -332,7 +338,7 @@ async fn run_once(workload: &Workload, plan: &RunPlan, run: usize) -> anyhow::Re
         Workload::Refresh => workloads::refresh(plan).await?,
         Workload::GetRunners(args) => workloads::get_runners(plan, args).await?,
         Workload::EffectMix(args) => effect_mix::run(plan, args).await?,
-        Workload::All | Workload::Failover(_) | Workload::Idle => {
+        Workload::All | Workload::Failover(_) | Workload::Idle | Workload::Scale(_) => {
             anyhow::bail!("{name} is not a single workload")
         }
     };

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use openraft::error::{NetworkError, RemoteError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::AnyError;
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::transport::Channel;
@@ -111,7 +111,7 @@ impl PeerClient {
 }
 
 /// A peer that cannot be connected to is `Unreachable`: openraft then backs
-/// off (500 ms) instead of retrying in a tight loop. A call that merely timed
+/// off ([`limits::PEER_UNREACHABLE_BACKOFF`]) instead of retrying in a tight loop. A call that merely timed
 /// out (openraft's per-RPC timeout is one heartbeat interval) is a network
 /// error it retries at once: backing off there stalls every write by 500 ms
 /// whenever a follower is briefly slow.
@@ -141,5 +141,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     async fn vote(&mut self, rpc: VoteRequest, option: RPCOption) -> Result<VoteResponse, RPCError> {
         self.call(&rpc, option, |mut client, request| async move { client.vote(request).await }).await
+    }
+
+    /// Retries an unreachable peer every [`limits::PEER_UNREACHABLE_BACKOFF`]
+    /// (openraft's default is 500 ms): a restarted node hears from the
+    /// leader within that time of coming up, not up to half a second later.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(limits::PEER_UNREACHABLE_BACKOFF))
     }
 }

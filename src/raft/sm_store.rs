@@ -40,6 +40,7 @@ pub struct StateMachineStore {
     db: sled::Db,
     snapshots: sled::Tree,
     snapshots_built: Arc<std::sync::atomic::AtomicU64>,
+    snapshot_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl StateMachineStore {
@@ -50,7 +51,9 @@ impl StateMachineStore {
     pub fn open(db: &sled::Db, initial_state: State) -> Result<Self, StorageError<NodeId>> {
         let snapshots =
             db.open_tree(schema::SNAPSHOTS).map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
-        let applied = match snapshots.get(schema::SNAPSHOT_DATA_KEY).map_err(|e| read_error(&e))? {
+        let stored = snapshots.get(schema::SNAPSHOT_DATA_KEY).map_err(|e| read_error(&e))?;
+        let snapshot_bytes = stored.as_ref().map_or(0, |bytes| bytes.len() as u64);
+        let applied = match stored {
             Some(bytes) => decode::<AppliedState>(&bytes).map_err(|e| read_error(&e))?,
             None => AppliedState { state: initial_state, ..AppliedState::default() },
         };
@@ -59,7 +62,13 @@ impl StateMachineStore {
             db: db.clone(),
             snapshots,
             snapshots_built: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            snapshot_bytes: Arc::new(std::sync::atomic::AtomicU64::new(snapshot_bytes)),
         })
+    }
+
+    /// Bytes of the latest snapshot saved (built here or installed from the leader).
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.snapshot_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reads the applied state. Keep the guard short: applying waits for it.
@@ -84,6 +93,7 @@ impl StateMachineStore {
             .apply_batch(batch)
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), AnyError::new(&e)))?;
         self.db.flush_async().await.map_err(|e| StorageIOError::write_snapshot(signature, AnyError::new(&e)))?;
+        self.snapshot_bytes.store(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 }

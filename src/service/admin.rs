@@ -57,6 +57,7 @@ impl pb::admin_server::Admin for AdminService {
             .map(|node| node.addr.clone())
             .unwrap_or_default();
         let lock_expiration_ms = self.node.local_view(|applied| applied.state.lock_expiration_ms());
+        let view = self.node.raft_view();
         Ok(Response::new(pb::StatusResponse {
             node_id: self.node.id,
             role: role_name(metrics.state).into(),
@@ -67,6 +68,10 @@ impl pb::admin_server::Admin for AdminService {
             applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
             members,
             lock_expiration_ms,
+            snapshot_index: view.snapshot_index,
+            snapshot_bytes: view.snapshot_bytes,
+            resident_memory_bytes: view.resident_memory_bytes,
+            disk_bytes: view.disk_bytes,
         }))
     }
 

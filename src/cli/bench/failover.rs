@@ -159,8 +159,13 @@ fn check(args: &FailoverArgs) -> anyhow::Result<()> {
 }
 
 fn pid_dir(args: &FailoverArgs) -> PathBuf {
-    args.pid_dir.clone().unwrap_or_else(|| {
-        let scripts = args.cluster_script.parent().unwrap_or(Path::new("."));
+    pid_dir_of(&args.cluster_script, args.pid_dir.as_deref())
+}
+
+/// `explicit`, or `.cluster/pids` beside the directory of `cluster_script`.
+pub(super) fn pid_dir_of(cluster_script: &Path, explicit: Option<&Path>) -> PathBuf {
+    explicit.map(Path::to_path_buf).unwrap_or_else(|| {
+        let scripts = cluster_script.parent().unwrap_or(Path::new("."));
         scripts.join("..").join(".cluster").join("pids")
     })
 }
@@ -242,7 +247,7 @@ async fn statuses(client: &Client, endpoints: &[String]) -> Vec<(String, Option<
 }
 
 /// Waits until every endpoint answers and all agree on one leader; returns the leader's status.
-async fn wait_whole(client: &Client, endpoints: &[String]) -> anyhow::Result<StatusResponse> {
+pub(super) async fn wait_whole(client: &Client, endpoints: &[String]) -> anyhow::Result<StatusResponse> {
     let deadline = Instant::now() + HEALTHY_WAIT_MAX;
     loop {
         let all = statuses(client, endpoints).await;
@@ -259,7 +264,8 @@ async fn wait_whole(client: &Client, endpoints: &[String]) -> anyhow::Result<Sta
     }
 }
 
-async fn run_script(script: &Path, args: &[&str]) -> anyhow::Result<String> {
+/// Runs the cluster script with `args` within [`SCRIPT_TIMEOUT`]; its stdout.
+pub(super) async fn run_script(script: &Path, args: &[&str]) -> anyhow::Result<String> {
     let output = tokio::time::timeout(
         SCRIPT_TIMEOUT,
         tokio::process::Command::new(script).args(args).kill_on_drop(true).output(),
@@ -280,16 +286,38 @@ fn node_address(status: &StatusResponse, node_id: u64) -> String {
     status.members.iter().find(|m| m.node_id == node_id).map_or_else(String::new, |m| m.address.clone())
 }
 
+/// SIGKILLs node `node_id` by the pid in `<pid_dir>/node<id>.pid`; returns the pid.
+pub(super) async fn sigkill(pid_dir: &Path, node_id: u64) -> anyhow::Result<u32> {
+    let pid_file = pid_dir.join(format!("node{node_id}.pid"));
+    let pid = std::fs::read_to_string(&pid_file).with_context(|| format!("reading {pid_file:?}"))?;
+    let pid = pid.trim();
+    anyhow::ensure!(pid.bytes().all(|b| b.is_ascii_digit()) && !pid.is_empty(), "{pid_file:?} holds no pid");
+    let status = tokio::process::Command::new("kill").args(["-KILL", pid]).status().await?;
+    anyhow::ensure!(status.success(), "kill -KILL {pid} (node {node_id}) failed");
+    pid.parse().with_context(|| format!("{pid_file:?} holds no pid"))
+}
+
+/// Waits until process `pid` is gone (reaped, or a zombie whose files and
+/// memory are released), at most `wait_max`.
+pub(super) async fn wait_gone(pid: u32, wait_max: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + wait_max;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the parenthesised command name: "Z" is a zombie.
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+        if stat.is_empty() || state == Some("Z") {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "process {pid} still runs {wait_max:?} after SIGKILL");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
 /// Kills `leader` and returns once it is dead.
 async fn kill_leader(client: &Client, args: &FailoverArgs, leader: &StatusResponse) -> anyhow::Result<()> {
     match args.kill_via {
         KillVia::Pid => {
-            let pid_file = pid_dir(args).join(format!("node{}.pid", leader.node_id));
-            let pid = std::fs::read_to_string(&pid_file).with_context(|| format!("reading {pid_file:?}"))?;
-            let pid = pid.trim();
-            anyhow::ensure!(pid.bytes().all(|b| b.is_ascii_digit()) && !pid.is_empty(), "{pid_file:?} holds no pid");
-            let status = tokio::process::Command::new("kill").args(["-KILL", pid]).status().await?;
-            anyhow::ensure!(status.success(), "kill -KILL {pid} (node {}) failed", leader.node_id);
+            sigkill(&pid_dir(args), leader.node_id).await?;
         }
         KillVia::Script => {
             let script = args.cluster_script.clone();
@@ -347,7 +375,8 @@ async fn one_round(
     let first_ack_ns = marks.first_ack_ns.load(Ordering::Acquire);
     marks.kill_at_ns.store(u64::MAX, Ordering::Release);
     let first_ack_ms = (first_ack_ns != u64::MAX).then(|| (first_ack_ns - kill_ns) as f64 / 1e6);
-    let (caught_up_ms, term_rejoined) = restart_and_catch_up(client, &survivors, args, leader).await?;
+    let (caught_up_ms, term_rejoined) =
+        restart_and_catch_up(client, &survivors, &args.cluster_script, leader.node_id, leader).await?;
     Ok(Round {
         round,
         killed_node: leader.node_id,
@@ -360,17 +389,19 @@ async fn one_round(
     })
 }
 
-/// Restarts the killed node; waits until it applied what the leader had
-/// committed at the restart. Returns the wait and the term afterwards.
-async fn restart_and_catch_up(
+/// Restarts the killed node `killed` (`cluster` names its address); waits
+/// until it applied what the leader had committed at the restart and knows
+/// the leader. Returns the wait (restart command included) and the term then.
+pub(super) async fn restart_and_catch_up(
     client: &Client,
     survivors: &[String],
-    args: &FailoverArgs,
-    killed: &StatusResponse,
+    cluster_script: &Path,
+    killed: u64,
+    cluster: &StatusResponse,
 ) -> anyhow::Result<(Option<f64>, u64)> {
-    let address = node_address(killed, killed.node_id);
+    let address = node_address(cluster, killed);
     let restart_at = Instant::now();
-    run_script(&args.cluster_script, &["restart", &killed.node_id.to_string()]).await?;
+    run_script(cluster_script, &["restart", &killed.to_string()]).await?;
     let target = statuses(client, survivors)
         .await
         .into_iter()
