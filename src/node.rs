@@ -26,7 +26,7 @@ use crate::raft::network::Network;
 use crate::raft::sm_store::{AppliedState, StateMachineStore};
 use crate::raft::typ::ForwardToLeader;
 use crate::raft::{NodeId, Raft};
-use crate::read_barrier::{BarrierOutcome, ReadBarrier};
+use crate::read_barrier::{BarrierOutcome, ReadBarrier, RestoredLead};
 use crate::service::forward::Forwarder;
 use crate::state_machine::{Command, Envelope, Reply, State};
 
@@ -117,7 +117,8 @@ impl Node {
             .cache_capacity(crate::limits::SLED_CACHE_BYTES)
             .open()
             .with_context(|| format!("cannot open data_dir {} (in use by another node?)", config.data_dir.display()))?;
-        let log_store = LogStore::open(&db).context("cannot open the Raft log")?;
+        let mut log_store = LogStore::open(&db).context("cannot open the Raft log")?;
+        let restored_lead = restored_lead(&mut log_store, config.node_id).await?;
         let state_machine = StateMachineStore::open(&db, State::default()).context("cannot open the state machine")?;
         let raft_config = Arc::new(raft_config(config)?);
         let committed_index = log_store.committed_index();
@@ -136,7 +137,8 @@ impl Node {
         // Half of openraft's leader lease (followers refuse other candidates for
         // election_timeout_max after our last acknowledged heartbeat).
         let proposer = Proposer::start(raft.clone());
-        let read_barrier = ReadBarrier::new(Duration::from_millis(config.raft.election_timeout_max_ms / 2));
+        let read_barrier =
+            ReadBarrier::new(Duration::from_millis(config.raft.election_timeout_max_ms / 2), restored_lead);
         Ok(Arc::new(Node {
             id: config.node_id,
             raft,
@@ -284,6 +286,20 @@ impl Node {
             tracing::error!(%error, "final flush of the data dir failed");
         }
     }
+}
+
+/// When this node's saved vote is its own committed vote, openraft restores
+/// it as leader of that term at once: that term and the last log index now
+/// (see [`ReadBarrier`]: reads wait until that index is applied again).
+async fn restored_lead(log_store: &mut LogStore, node_id: NodeId) -> anyhow::Result<Option<RestoredLead>> {
+    use openraft::storage::RaftLogStorage;
+    let vote = log_store.read_vote().await.context("cannot read the saved vote")?;
+    let Some(vote) = vote.filter(|vote| vote.is_committed() && vote.leader_id().voted_for() == Some(node_id)) else {
+        return Ok(None);
+    };
+    let log_state = log_store.get_log_state().await.context("cannot read the log state")?;
+    let last_log_index = log_state.last_log_id.map_or(0, |log_id| log_id.index);
+    Ok(Some(RestoredLead { term: vote.leader_id().get_term(), last_log_index }))
 }
 
 fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
