@@ -399,3 +399,28 @@ impl Encoded for Client {
         self.runner_call(message, |mut c, r| async move { c.release_all(r).await }).await.map(|_| ())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded_answer(leader: &str) -> tonic::Response<()> {
+        let mut response = tonic::Response::new(());
+        response.metadata_mut().insert(LEADER_ADDRESS_KEY, leader.parse().unwrap());
+        response
+    }
+
+    #[test]
+    fn a_forwarded_answer_moves_the_client_to_the_leader() {
+        let client = Client::new(vec!["10.0.0.1:7001".into(), "10.0.0.2:7001".into()]).unwrap();
+        assert_eq!(client.current_endpoint(), "10.0.0.1:7001");
+        client.follow_forwarding_hint("10.0.0.1:7001", &forwarded_answer("10.0.0.2:7001"));
+        assert_eq!(client.current_endpoint(), "10.0.0.2:7001");
+        // A leader it did not know is added to its endpoints.
+        client.follow_forwarding_hint("10.0.0.2:7001", &forwarded_answer("10.0.0.3:7001"));
+        assert_eq!(client.current_endpoint(), "10.0.0.3:7001");
+        // An answer without the hint (the leader answered) changes nothing.
+        client.follow_forwarding_hint("10.0.0.3:7001", &tonic::Response::new(()));
+        assert_eq!(client.current_endpoint(), "10.0.0.3:7001");
+    }
+}

@@ -139,6 +139,8 @@ async fn print_status(client: &Client, endpoints: &[String], json: bool) -> anyh
                 "endpoint": endpoint, "node_id": status.node_id, "role": status.role, "term": status.term,
                 "leader_id": status.leader_id, "commit_index": status.commit_index,
                 "applied_index": status.applied_index, "lock_expiration_ms": status.lock_expiration_ms,
+                "snapshot_index": status.snapshot_index, "snapshot_bytes": status.snapshot_bytes,
+                "resident_memory_bytes": status.resident_memory_bytes, "disk_bytes": status.disk_bytes,
             }),
             Err(error) => serde_json::json!({ "endpoint": endpoint, "error": error.to_string() }),
         };
@@ -149,23 +151,26 @@ async fn print_status(client: &Client, endpoints: &[String], json: bool) -> anyh
         return Ok(());
     }
     println!(
-        "{:<22} {:>4} {:<10} {:>6} {:>6} {:>8} {:>8}",
-        "ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED"
+        "{:<22} {:>4} {:<10} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8}",
+        "ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "RSS MiB", "DISK MiB"
     );
+    let mib = |row: &serde_json::Value, key: &str| row[key].as_u64().unwrap_or(0) as f64 / (1024.0 * 1024.0);
     for row in rows {
         if let Some(error) = row.get("error") {
             println!("{:<22} unreachable: {}", row["endpoint"].as_str().unwrap_or(""), error.as_str().unwrap_or(""));
             continue;
         }
         println!(
-            "{:<22} {:>4} {:<10} {:>6} {:>6} {:>8} {:>8}",
+            "{:<22} {:>4} {:<10} {:>6} {:>6} {:>8} {:>8} {:>8.1} {:>8.1}",
             row["endpoint"].as_str().unwrap_or(""),
             row["node_id"].as_u64().unwrap_or(0),
             row["role"].as_str().unwrap_or(""),
             row["term"].as_u64().unwrap_or(0),
             row["leader_id"].as_u64().unwrap_or(0),
             row["commit_index"].as_u64().unwrap_or(0),
-            row["applied_index"].as_u64().unwrap_or(0)
+            row["applied_index"].as_u64().unwrap_or(0),
+            mib(&row, "resident_memory_bytes"),
+            mib(&row, "disk_bytes")
         );
     }
     Ok(())

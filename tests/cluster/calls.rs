@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
+use runner_storage::pb::v1 as pb;
+use runner_storage::pb::v1::runner_storage_client::RunnerStorageClient;
 use runner_storage::Encoded;
+use tonic::transport::Channel;
 
 use crate::common::TestCluster;
 
@@ -19,4 +22,19 @@ async fn three_node_cluster_serves_calls_through_any_node() {
         let acquired = client.acquire("h:1", &["default:1".into(), "default:2".into()]).await.unwrap();
         assert_eq!(acquired, vec!["default:1", "default:2"]);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_answer_names_the_leader() {
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let uri = format!("http://{}", cluster.address(follower));
+    let channel = Channel::from_shared(uri).expect("an endpoint URI").connect().await.expect("connect");
+    let answer = RunnerStorageClient::new(channel).get_runners(pb::GetRunnersRequest {}).await.unwrap();
+    let named = answer.metadata().get("x-runner-storage-leader").map(|value| value.to_str().unwrap().to_owned());
+    assert_eq!(named, Some(cluster.address(leader)), "follower {follower} forwarded to leader {leader}");
+    let direct = runner_storage::client::Client::new(vec![cluster.address(leader)]).unwrap();
+    let status = direct.status_of(&cluster.address(leader)).await.unwrap();
+    assert_eq!(status.node_id, leader);
 }

@@ -111,6 +111,11 @@ async fn metrics_parse_as_prometheus_text_and_counters_move() {
     assert!(sample(&after, "runner_storage_errors_total", Some(("code", "InvalidArgument"))).unwrap() >= 1.0);
     assert!(sample(&after, "runner_storage_raft_applied_index", None).unwrap() > 0.0);
     assert!(after.contains("runner_storage_call_seconds_bucket"), "latency histograms are exported");
+    let resident = sample(&after, "runner_storage_resident_memory_bytes", None).unwrap();
+    assert!(resident > 1024.0 * 1024.0, "a node's RSS is more than 1 MiB, got {resident}");
+    let status = cluster.status(leader).await.unwrap();
+    assert!(status.resident_memory_bytes > 1024 * 1024, "Status reports the RSS too: {status:?}");
+    assert!(status.disk_bytes > 0, "Status reports the data dir size: {status:?}");
     // Every node serves its own metrics.
     for node in cluster.nodes.values() {
         let body = scrape(node.metrics_address.as_ref().unwrap());

@@ -45,6 +45,9 @@ async fn follower_behind_a_purged_log_catches_up_through_a_snapshot() {
     cluster.wait_for_applied(lagging, applied, CATCH_UP_TIMEOUT).await;
     let rejoined_log = cluster.log_since(lagging, log_offset);
     assert!(rejoined_log.contains("installed snapshot"), "node {lagging} caught up without installing a snapshot");
+    let status = cluster.status(lagging).await.unwrap();
+    assert!(status.snapshot_index > applied_at_kill, "Status names the installed snapshot: {status:?}");
+    assert!(status.snapshot_bytes > 0, "Status reports the installed snapshot's size: {status:?}");
 
     // With the leader dead, every write needs the rejoined node's vote.
     cluster.kill(leader);
