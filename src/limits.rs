@@ -40,6 +40,12 @@ pub const DEDUP_SEQUENCES_PER_CLIENT_MAX: usize = 1024;
 /// recently is forgotten first, so a flood of client ids cannot grow memory.
 pub const DEDUP_CLIENTS_MAX: usize = 16_384;
 
+/// Bytes of remembered answers (roughly: shard ids, messages and per-entry
+/// overhead), over all clients. 16,384 clients × 1,024 answers would
+/// otherwise allow gigabytes; past this the least recently seen clients are
+/// forgotten, as if they had gone idle (the client just seen always stays).
+pub const DEDUP_BYTES_MAX: usize = 32 * 1024 * 1024;
+
 /// A client unseen for this many lock expirations is forgotten (SPEC §6).
 pub const DEDUP_CLIENT_IDLE_EXPIRATIONS: u64 = 10;
 

@@ -1,8 +1,10 @@
 //! Request-id deduplication (SPEC §6): per client, the answers to its most
 //! recent 1,024 sequences, so a retried write is applied once.
 //!
-//! Bounded twice: at most [`DEDUP_SEQUENCES_PER_CLIENT_MAX`] answers per client
-//! and [`DEDUP_CLIENTS_MAX`] clients; a client unseen for 10 × `E` is forgotten.
+//! Bounded three times: at most [`DEDUP_SEQUENCES_PER_CLIENT_MAX`] answers per
+//! client, [`DEDUP_CLIENTS_MAX`] clients, and [`DEDUP_BYTES_MAX`] bytes of
+//! answers over all clients (the least recently seen clients go first); a
+//! client unseen for 10 × `E` is forgotten.
 //! Everything is keyed by ordered maps so eviction order is deterministic.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -11,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Reply;
 use crate::error::{Error, Result};
-use crate::limits::{DEDUP_CLIENTS_MAX, DEDUP_SEQUENCES_PER_CLIENT_MAX};
+use crate::limits::{DEDUP_BYTES_MAX, DEDUP_CLIENTS_MAX, DEDUP_SEQUENCES_PER_CLIENT_MAX};
 use crate::model::RequestId;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -27,6 +29,45 @@ pub(super) struct Dedup {
     clients: HashMap<String, ClientAnswers>,
     /// `(last_seen_ms, client_id)` of every client: oldest first, for eviction.
     by_last_seen: BTreeSet<(u64, String)>,
+    /// Bytes of every client's answers, derived from `clients`: not in
+    /// snapshots (their format is unchanged), counted again on first use.
+    #[serde(skip)]
+    bytes: DerivedBytes,
+}
+
+/// A byte count derived from the table; `None` until counted. Equal to any
+/// other, so a restored table equals the one it was saved from.
+#[derive(Debug, Clone, Default)]
+struct DerivedBytes(Option<usize>);
+
+impl PartialEq for DerivedBytes {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// Roughly what one remembered answer costs: the map entry, the fingerprint
+/// and the strings of the reply.
+fn answer_bytes(reply: &Reply) -> usize {
+    const ENTRY_BYTES: usize = 64;
+    const STRING_BYTES: usize = 24;
+    ENTRY_BYTES
+        + match reply {
+            Reply::ShardIds(shard_ids) => shard_ids.iter().map(|id| id.len() + STRING_BYTES).sum(),
+            Reply::Rejected { message, .. } => message.len(),
+            Reply::Done | Reply::MachineId(_) => 0,
+        }
+}
+
+/// Roughly what one client costs besides its answers: its id twice (map key
+/// and eviction index) and the two map entries.
+fn client_bytes(client_id: &str) -> usize {
+    const CLIENT_ENTRY_BYTES: usize = 128;
+    CLIENT_ENTRY_BYTES + 2 * client_id.len()
+}
+
+fn table_bytes(client_id: &str, client: &ClientAnswers) -> usize {
+    client_bytes(client_id) + client.answers.values().map(|(_, reply)| answer_bytes(reply)).sum::<usize>()
 }
 
 impl Dedup {
@@ -69,21 +110,45 @@ impl Dedup {
     /// answer past the per-client bound and the least recently seen client
     /// past the client bound.
     pub(super) fn remember(&mut self, request_id: &RequestId, fingerprint: u64, now_ms: u64, reply: Reply) {
-        if !self.clients.contains_key(&request_id.client_id) {
+        let client_id = &request_id.client_id;
+        self.bytes(); // counted before this client changes (once after a restore)
+        if !self.clients.contains_key(client_id) {
             if self.clients.len() >= DEDUP_CLIENTS_MAX {
                 self.forget_least_recently_seen();
             }
-            self.clients
-                .insert(request_id.client_id.clone(), ClientAnswers { last_seen_ms: now_ms, answers: BTreeMap::new() });
-            self.by_last_seen.insert((now_ms, request_id.client_id.clone()));
+            self.clients.insert(client_id.clone(), ClientAnswers { last_seen_ms: now_ms, answers: BTreeMap::new() });
+            self.by_last_seen.insert((now_ms, client_id.clone()));
+            self.add_bytes(client_bytes(client_id), 0);
         }
-        self.touch(&request_id.client_id, now_ms);
-        let client = self.clients.get_mut(&request_id.client_id).expect("client inserted above");
-        client.answers.insert(request_id.sequence, (fingerprint, reply));
+        self.touch(client_id, now_ms);
+        let added = answer_bytes(&reply);
+        let client = self.clients.get_mut(client_id).expect("client inserted above");
+        let replaced = client.answers.insert(request_id.sequence, (fingerprint, reply));
+        let mut removed = replaced.map_or(0, |(_, replaced)| answer_bytes(&replaced));
         while client.answers.len() > DEDUP_SEQUENCES_PER_CLIENT_MAX {
-            client.answers.pop_first();
+            let (_, (_, dropped)) = client.answers.pop_first().expect("more answers than the bound");
+            removed += answer_bytes(&dropped);
+        }
+        self.add_bytes(added, removed);
+        // Past the byte bound the least recently seen clients go, never the
+        // one just seen. A client's own answers are bounded by count only:
+        // dropping some would make their retries look new (SPEC refuses
+        // sequences below the oldest only for a full table).
+        while self.bytes() > DEDUP_BYTES_MAX && self.clients.len() > 1 {
+            self.forget_least_recently_seen();
         }
         debug_assert_eq!(self.clients.len(), self.by_last_seen.len());
+    }
+
+    fn add_bytes(&mut self, added: usize, removed: usize) {
+        let bytes = self.bytes() + added;
+        self.bytes.0 = Some(bytes.checked_sub(removed).expect("dedup byte count went below zero"));
+    }
+
+    /// Bytes of every answer remembered (counted once after a restore).
+    fn bytes(&mut self) -> usize {
+        let clients = &self.clients;
+        *self.bytes.0.get_or_insert_with(|| clients.iter().map(|(id, client)| table_bytes(id, client)).sum())
     }
 
     /// Forgets every client unseen for `idle_ms`.
@@ -101,6 +166,11 @@ impl Dedup {
         (self.clients.len(), self.clients.values().map(|client| client.answers.len()).sum())
     }
 
+    /// Bytes of remembered answers, as the byte bound counts them.
+    pub(super) fn answer_bytes(&mut self) -> usize {
+        self.bytes()
+    }
+
     pub(super) fn check_invariants(&self) {
         assert_eq!(self.clients.len(), self.by_last_seen.len(), "dedup index out of step");
         assert!(self.clients.len() <= DEDUP_CLIENTS_MAX, "dedup remembers {} clients", self.clients.len());
@@ -108,6 +178,11 @@ impl Dedup {
             assert!(self.by_last_seen.contains(&(client.last_seen_ms, client_id.clone())), "{client_id} not indexed");
             assert!(client.answers.len() <= DEDUP_SEQUENCES_PER_CLIENT_MAX, "{client_id} remembers too much");
         }
+        let counted: usize = self.clients.iter().map(|(id, client)| table_bytes(id, client)).sum();
+        if let Some(bytes) = self.bytes.0 {
+            assert_eq!(bytes, counted, "dedup byte count out of step");
+        }
+        assert!(counted <= DEDUP_BYTES_MAX || self.clients.len() <= 1, "dedup holds {counted} bytes");
     }
 
     fn touch(&mut self, client_id: &str, now_ms: u64) {
@@ -122,7 +197,11 @@ impl Dedup {
 
     fn forget_least_recently_seen(&mut self) {
         if let Some((_, client_id)) = self.by_last_seen.pop_first() {
-            self.clients.remove(&client_id);
+            if let Some(client) = self.clients.remove(&client_id) {
+                if let Some(bytes) = self.bytes.0.as_mut() {
+                    *bytes -= table_bytes(&client_id, &client);
+                }
+            }
         }
     }
 }

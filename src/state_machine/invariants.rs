@@ -55,4 +55,9 @@ impl State {
     pub fn dedup_sizes(&self) -> (usize, usize) {
         self.dedup.sizes()
     }
+
+    /// Bytes of remembered answers, as `limits::DEDUP_BYTES_MAX` counts them.
+    pub fn dedup_bytes(&mut self) -> usize {
+        self.dedup.answer_bytes()
+    }
 }

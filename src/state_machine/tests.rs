@@ -1248,3 +1248,32 @@ proptest! {
         prop_assert_eq!(&from_json, &state);
     }
 }
+
+#[test]
+fn answer_bytes_are_bounded_forgetting_the_least_recently_seen_clients() {
+    // Every answer lists the same 10,000 shard ids (~300 KB counted), so
+    // ~110 clients pass the byte bound long before the client bound.
+    let shard_ids: Vec<String> = (0..limits::SHARD_IDS_PER_CALL_MAX).map(|i| format!("g:{i}")).collect();
+    let big = || Command::Acquire { address: "a:1".into(), shard_ids: shard_ids.clone() };
+    let mut state = State::new(limits::LOCK_EXPIRATION_MS_DEFAULT);
+    let clients = 200u64;
+    for client in 0..clients {
+        let reply = state.apply(&with_request(client, &format!("c{client}"), 1, big()));
+        assert!(matches!(&reply, Reply::ShardIds(ids) if ids.len() == shard_ids.len()), "{reply:?}");
+        assert!(state.dedup_bytes() <= limits::DEDUP_BYTES_MAX, "client {client}: {} bytes", state.dedup_bytes());
+    }
+    state.check_invariants();
+    let (remembered, answers) = state.dedup_sizes();
+    assert!(remembered < clients as usize && remembered > 50, "{remembered} clients remembered");
+    assert_eq!(answers, remembered);
+    // The newest client is remembered: its request id cannot be reused for
+    // another call. The oldest was forgotten: its id is new again.
+    let newest = format!("c{}", clients - 1);
+    let reused = state.apply(&with_request(clients, &newest, 1, release_all("a:1")));
+    assert!(matches!(reused, Reply::Rejected { kind: RejectionKind::FailedPrecondition, .. }), "{reused:?}");
+    assert_eq!(state.apply(&with_request(clients, "c0", 1, release_all("a:1"))), Reply::Done);
+    // The count survives a snapshot: it is derived again after a restore.
+    let mut restored: State = postcard::from_bytes(&postcard::to_allocvec(&state).unwrap()).unwrap();
+    assert_eq!(restored.dedup_bytes(), state.dedup_bytes());
+    restored.check_invariants();
+}
