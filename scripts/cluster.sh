@@ -21,12 +21,14 @@ mkdir -p "$STATE/pids" "$STATE/logs" "$STATE/configs"
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 pid_file() { echo "$STATE/pids/node$1.pid"; }
-# Running: the pid exists and is not a zombie (a killed node whose parent has
-# not reaped it yet has released its data dir already).
+# Running: the pid exists and is not a finished zombie. A killed node whose
+# parent has not reaped it yet has released its port and data dir once its
+# last thread is gone; its main thread alone turns zombie earlier.
 is_running() {
   local f pid; f=$(pid_file "$1"); [ -f "$f" ] || return 1
   pid=$(cat "$f"); [ -e "/proc/$pid" ] || return 1
-  ! grep -q ') Z' "/proc/$pid/stat" 2>/dev/null
+  grep -q ') Z' "/proc/$pid/stat" 2>/dev/null || return 0
+  [ "$(ls "/proc/$pid/task" 2>/dev/null | wc -l)" -gt 1 ]
 }
 node_config() {
   if [ -f "$STATE/configs/node$1.toml" ]; then echo "$STATE/configs/node$1.toml"; return; fi

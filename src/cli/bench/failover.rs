@@ -297,15 +297,17 @@ pub(super) async fn sigkill(pid_dir: &Path, node_id: u64) -> anyhow::Result<u32>
     pid.parse().with_context(|| format!("{pid_file:?} holds no pid"))
 }
 
-/// Waits until process `pid` is gone (reaped, or a zombie whose files and
-/// memory are released), at most `wait_max`.
+/// Waits until process `pid` is gone (reaped, or a zombie with no thread
+/// left, so its port and files are released), at most `wait_max`.
 pub(super) async fn wait_gone(pid: u32, wait_max: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + wait_max;
     loop {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // The state follows the parenthesised command name: "Z" is a zombie.
+        // The state follows the parenthesised command name: "Z" is a zombie;
+        // the main thread turns zombie before the others have exited.
         let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
-        if stat.is_empty() || state == Some("Z") {
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count);
+        if stat.is_empty() || (state == Some("Z") && threads <= 1) {
             return Ok(());
         }
         anyhow::ensure!(Instant::now() < deadline, "process {pid} still runs {wait_max:?} after SIGKILL");
