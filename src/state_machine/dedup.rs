@@ -134,8 +134,12 @@ impl Dedup {
         // one just seen. A client's own answers are bounded by count only:
         // dropping some would make their retries look new (SPEC refuses
         // sequences below the oldest only for a full table).
-        while self.bytes() > DEDUP_BYTES_MAX && self.clients.len() > 1 {
-            self.forget_least_recently_seen();
+        while self.bytes() > DEDUP_BYTES_MAX {
+            // The oldest entry, or the next one when the oldest is this
+            // client (clients seen in the same millisecond sort by id).
+            let Some(victim) = self.by_last_seen.iter().find(|(_, id)| id != client_id).cloned() else { break };
+            self.by_last_seen.remove(&victim);
+            self.forget(&victim.1);
         }
         debug_assert_eq!(self.clients.len(), self.by_last_seen.len());
     }
@@ -197,10 +201,15 @@ impl Dedup {
 
     fn forget_least_recently_seen(&mut self) {
         if let Some((_, client_id)) = self.by_last_seen.pop_first() {
-            if let Some(client) = self.clients.remove(&client_id) {
-                if let Some(bytes) = self.bytes.0.as_mut() {
-                    *bytes -= table_bytes(&client_id, &client);
-                }
+            self.forget(&client_id);
+        }
+    }
+
+    /// Drops `client_id`'s answers (its `by_last_seen` entry is already gone).
+    fn forget(&mut self, client_id: &str) {
+        if let Some(client) = self.clients.remove(client_id) {
+            if let Some(bytes) = self.bytes.0.as_mut() {
+                *bytes -= table_bytes(client_id, &client);
             }
         }
     }

@@ -1277,3 +1277,19 @@ fn answer_bytes_are_bounded_forgetting_the_least_recently_seen_clients() {
     assert_eq!(restored.dedup_bytes(), state.dedup_bytes());
     restored.check_invariants();
 }
+
+#[test]
+fn the_byte_bound_never_forgets_the_client_just_seen() {
+    // All in the same millisecond, in descending id order: the client just
+    // seen sorts first among equals in the eviction order.
+    let shard_ids: Vec<String> = (0..limits::SHARD_IDS_PER_CALL_MAX).map(|i| format!("g:{i}")).collect();
+    let mut state = State::new(limits::LOCK_EXPIRATION_MS_DEFAULT);
+    for client in (0..150u64).rev() {
+        let command = Command::Acquire { address: "a:1".into(), shard_ids: shard_ids.clone() };
+        state.apply(&with_request(0, &format!("c{client:03}"), 1, command));
+    }
+    state.check_invariants();
+    assert!(state.dedup_sizes().0 < 150, "the byte bound forgot no client");
+    let reused = state.apply(&with_request(0, "c000", 1, release_all("a:1")));
+    assert!(matches!(reused, Reply::Rejected { kind: RejectionKind::FailedPrecondition, .. }), "{reused:?}");
+}
