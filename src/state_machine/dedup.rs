@@ -171,7 +171,7 @@ impl Dedup {
     }
 
     /// Bytes of remembered answers, as the byte bound counts them.
-    pub(super) fn answer_bytes(&mut self) -> usize {
+    pub(super) fn counted_bytes(&mut self) -> usize {
         self.bytes()
     }
 

@@ -58,6 +58,6 @@ impl State {
 
     /// Bytes of remembered answers, as `limits::DEDUP_BYTES_MAX` counts them.
     pub fn dedup_bytes(&mut self) -> usize {
-        self.dedup.answer_bytes()
+        self.dedup.counted_bytes()
     }
 }
