@@ -289,12 +289,11 @@ fn node_address(status: &StatusResponse, node_id: u64) -> String {
 /// SIGKILLs node `node_id` by the pid in `<pid_dir>/node<id>.pid`; returns the pid.
 pub(super) async fn sigkill(pid_dir: &Path, node_id: u64) -> anyhow::Result<u32> {
     let pid_file = pid_dir.join(format!("node{node_id}.pid"));
-    let pid = std::fs::read_to_string(&pid_file).with_context(|| format!("reading {pid_file:?}"))?;
-    let pid = pid.trim();
-    anyhow::ensure!(pid.bytes().all(|b| b.is_ascii_digit()) && !pid.is_empty(), "{pid_file:?} holds no pid");
-    let status = tokio::process::Command::new("kill").args(["-KILL", pid]).status().await?;
+    let text = std::fs::read_to_string(&pid_file).with_context(|| format!("reading {pid_file:?}"))?;
+    let pid: u32 = text.trim().parse().with_context(|| format!("{pid_file:?} holds no pid"))?;
+    let status = tokio::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().await?;
     anyhow::ensure!(status.success(), "kill -KILL {pid} (node {node_id}) failed");
-    pid.parse().with_context(|| format!("{pid_file:?} holds no pid"))
+    Ok(pid)
 }
 
 /// Waits until process `pid` is gone (reaped, or a zombie with no thread
