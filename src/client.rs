@@ -193,7 +193,7 @@ impl Client {
                     self.call_deadline
                 )));
             }
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(jittered(backoff)).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
@@ -336,6 +336,14 @@ impl Client {
         self.dialer.authorize(&mut request);
         request
     }
+}
+
+/// A pause drawn between half of `backoff` and all of it: clients that
+/// failed together (a leader died under all of them) retry spread out,
+/// and the first of them reaches the new leader soon after it is elected.
+fn jittered(backoff: Duration) -> Duration {
+    use rand::Rng;
+    rand::thread_rng().gen_range(backoff / 2..=backoff)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

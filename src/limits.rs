@@ -124,3 +124,18 @@ pub const PEER_UNREACHABLE_BACKOFF: std::time::Duration = std::time::Duration::f
 /// cache keeps a node's memory bounded without slowing the hot path, which
 /// only appends.
 pub const SLED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Longest a node holds a call it cannot place because no leader is known or
+/// the known leader refused the connection (it died): long enough to cover
+/// an election (lease + timeout + tick, 270–395 ms with the defaults, more
+/// when a vote splits), short of the
+/// client's attempt timeout. The caller's own deadline shortens it.
+pub const LEADER_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(1_500);
+
+/// Longest a node holds a call while it knows no leader at all. Shorter than
+/// [`LEADER_WAIT_MAX`]: a node cut off from the others knows no leader for
+/// as long as the partition lasts, and its callers should soon try another.
+pub const NO_LEADER_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Attempts a node makes to place one call while it waits for a leader.
+pub const LEADER_WAIT_ATTEMPTS_MAX: usize = 4;

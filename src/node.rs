@@ -267,6 +267,19 @@ impl Node {
         self.metrics.render(&raft, &self.state_machine.read(), wall_clock_ms())
     }
 
+    /// Waits until this node knows a leader at an address other than
+    /// `unreachable` (any leader when `None`), at the latest until `until`.
+    /// Whether one is known.
+    pub async fn wait_for_leader(&self, unreachable: Option<&str>, until: tokio::time::Instant) -> bool {
+        let mut metrics = self.raft.metrics();
+        let usable = |metrics: &openraft::RaftMetrics<NodeId, BasicNode>| {
+            let leader = metrics.current_leader.and_then(|id| metrics.membership_config.membership().get_node(&id));
+            leader.is_some_and(|node| Some(node.addr.as_str()) != unreachable)
+        };
+        let known = tokio::time::timeout_at(until, metrics.wait_for(usable)).await;
+        matches!(known, Ok(Ok(_)))
+    }
+
     /// Whether this node currently leads.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader

@@ -68,3 +68,37 @@ pub fn forwarded_request<T>(message: T, timeout: Option<std::time::Duration>) ->
     }
     request
 }
+
+/// Whether a forwarded call failed before it reached the leader: the
+/// connection was refused, so nothing listens at the leader's address (it
+/// died). Such a call can be placed again with no risk of applying it twice.
+pub fn never_delivered(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        let refused = error.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
+        if refused == Some(std::io::ErrorKind::ConnectionRefused) {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::v1 as pb;
+
+    #[tokio::test]
+    async fn a_refused_connection_is_never_delivered_and_an_answer_is() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let channel = Forwarder::new(Dialer::default()).channel(&address).unwrap();
+        let mut client = pb::runner_storage_client::RunnerStorageClient::new(channel);
+        let status = client.get_runners(forwarded_request(pb::GetRunnersRequest {}, None)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(never_delivered(&status), "a refused connection must count as never delivered: {status:?}");
+        assert!(!never_delivered(&tonic::Status::unavailable("no quorum")), "an answer was delivered");
+    }
+}

@@ -103,14 +103,14 @@ pub async fn serve(
 pub(crate) async fn answer_or_forward<M, R, Fut, Fwd, FwdFut>(
     call: &'static str,
     request: Request<M>,
-    local: impl FnOnce(M) -> Fut,
+    local: impl Fn(M) -> Fut,
     forward: Fwd,
     node: &Node,
 ) -> Result<Response<R>, Status>
 where
     M: Clone,
     Fut: Future<Output = Result<R, CallError>>,
-    Fwd: FnOnce(Channel, Request<M>) -> FwdFut,
+    Fwd: Fn(Channel, Request<M>) -> FwdFut,
     FwdFut: Future<Output = Result<Response<R>, Status>>,
 {
     let started = std::time::Instant::now();
@@ -122,65 +122,91 @@ where
 
 async fn answer_or_forward_unmeasured<M, R, Fut, Fwd, FwdFut>(
     request: Request<M>,
-    local: impl FnOnce(M) -> Fut,
+    local: impl Fn(M) -> Fut,
     forward: Fwd,
     node: &Node,
 ) -> Result<Response<R>, Status>
 where
     M: Clone,
     Fut: Future<Output = Result<R, CallError>>,
-    Fwd: FnOnce(Channel, Request<M>) -> FwdFut,
+    Fwd: Fn(Channel, Request<M>) -> FwdFut,
     FwdFut: Future<Output = Result<Response<R>, Status>>,
 {
     let already_forwarded = forward::is_forwarded(&request);
     let timeout = grpc_timeout(&request);
+    let hold_until = leader_wait_deadline(timeout);
+    let no_leader_hold_until = hold_until.min(tokio::time::Instant::now() + limits::NO_LEADER_WAIT_MAX);
     let message = request.into_inner();
-    match local(message.clone()).await {
-        Ok(answer) => Ok(Response::new(answer)),
-        Err(CallError::Failed(error)) => Err(status::to_status(error)),
-        Err(CallError::NotLeader { leader_address }) => {
-            let leader_address = match leader_address {
-                Some(address) if !already_forwarded => address,
-                leader_hint => {
-                    let message = match &leader_hint {
-                        None => format!("node {} is not the leader and knows no leader", node.id),
-                        Some(leader) => {
-                            format!("node {} is not the leader (forwarded once already; leader: {leader})", node.id)
-                        }
-                    };
-                    return Err(status::to_status(Error::Unavailable { message, leader_hint }));
-                }
-            };
-            let channel = node.forwarder.channel(&leader_address).map_err(status::to_status)?;
-            let leader_value = leader_address.parse::<tonic::metadata::MetadataValue<_>>().ok();
-            let forwarded = forward(channel, node.forwarder.request(message, timeout)).await;
-            forwarded
-                .map(|mut response| {
-                    // Name the leader on success too: the client goes straight
-                    // there next time instead of paying two hops per call.
-                    if let Some(value) = leader_value.clone() {
-                        response.metadata_mut().insert(status::LEADER_ADDRESS_KEY, value);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let may_wait = !already_forwarded && attempts < limits::LEADER_WAIT_ATTEMPTS_MAX;
+        let leader_address = match local(message.clone()).await {
+            Ok(answer) => return Ok(Response::new(answer)),
+            Err(CallError::Failed(error)) => return Err(status::to_status(error)),
+            Err(CallError::NotLeader { leader_address }) => leader_address,
+        };
+        let leader_address = match leader_address {
+            Some(address) if !already_forwarded => address,
+            None if may_wait && node.wait_for_leader(None, no_leader_hold_until).await => continue,
+            leader_hint => {
+                let message = match &leader_hint {
+                    None => format!("node {} is not the leader and knows no leader", node.id),
+                    Some(leader) => {
+                        format!("node {} is not the leader (forwarded once already; leader: {leader})", node.id)
                     }
-                    response
-                })
-                .map_err(|status| {
-                    // Pass the leader's answer through, but add the hint so the
-                    // client can go to the leader next time; name the leader when
-                    // it could not be reached at all.
-                    let mut status = if status.code() == tonic::Code::Unavailable {
-                        let message =
-                            format!("forwarding to the leader at {leader_address} failed: {}", status.message());
-                        Status::unavailable(message)
-                    } else {
-                        status
-                    };
-                    if let Some(value) = leader_value {
-                        status.metadata_mut().insert(status::LEADER_ADDRESS_KEY, value);
-                    }
-                    status
-                })
+                };
+                return Err(status::to_status(Error::Unavailable { message, leader_hint }));
+            }
+        };
+        let channel = node.forwarder.channel(&leader_address).map_err(status::to_status)?;
+        let status = match forward(channel, node.forwarder.request(message.clone(), timeout)).await {
+            Ok(response) => return Ok(with_leader_hint(response, &leader_address)),
+            Err(status) => status,
+        };
+        // A leader that refused the connection never saw the call: it died,
+        // and an election is under way. Hold the call for the next leader
+        // instead of sending the caller away to retry blindly.
+        if may_wait
+            && forward::never_delivered(&status)
+            && node.wait_for_leader(Some(&leader_address), hold_until).await
+        {
+            continue;
         }
+        return Err(forward_failure(status, &leader_address));
     }
+}
+
+/// Until when a call may wait for a leader: [`limits::LEADER_WAIT_MAX`],
+/// less when the caller's deadline is nearer (leaving it time to answer).
+fn leader_wait_deadline(timeout: Option<std::time::Duration>) -> tokio::time::Instant {
+    const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_millis(100);
+    let wait =
+        timeout.map_or(limits::LEADER_WAIT_MAX, |t| t.saturating_sub(ANSWER_MARGIN).min(limits::LEADER_WAIT_MAX));
+    tokio::time::Instant::now() + wait
+}
+
+/// Names the leader on a forwarded success too: the client goes straight
+/// there next time instead of paying two hops per call.
+fn with_leader_hint<R>(mut response: Response<R>, leader_address: &str) -> Response<R> {
+    if let Ok(value) = leader_address.parse() {
+        response.metadata_mut().insert(status::LEADER_ADDRESS_KEY, value);
+    }
+    response
+}
+
+/// The leader's answer to a forwarded call, passed through with the leader
+/// hint, or `UNAVAILABLE` naming the leader when it could not be reached.
+fn forward_failure(status: Status, leader_address: &str) -> Status {
+    let mut status = if status.code() == tonic::Code::Unavailable {
+        Status::unavailable(format!("forwarding to the leader at {leader_address} failed: {}", status.message()))
+    } else {
+        status
+    };
+    if let Ok(value) = leader_address.parse() {
+        status.metadata_mut().insert(status::LEADER_ADDRESS_KEY, value);
+    }
+    status
 }
 
 /// The caller's deadline, from the `grpc-timeout` header, if it sent one.

@@ -2,8 +2,14 @@
 //! stopped and restarted while clients write. No acknowledged write may be
 //! lost, and a node that comes back catches up from its own data dir.
 
+use runner_storage::pb::v1 as pb;
+use runner_storage::pb::v1::runner_storage_client::RunnerStorageClient;
+use runner_storage::Encoded;
+use tonic::transport::Channel;
+
 use crate::common::{
-    eventually, TestCluster, Workload, CATCH_UP_TIMEOUT, LEADER_TIMEOUT, LOCK_EXPIRATION_LONG_MS, PROGRESS_TIMEOUT,
+    eventually, runner_json, TestCluster, Workload, CATCH_UP_TIMEOUT, LEADER_TIMEOUT, LOCK_EXPIRATION_LONG_MS,
+    PROGRESS_TIMEOUT,
 };
 
 /// Concurrent clients of each workload.
@@ -36,6 +42,37 @@ async fn leader_killed_mid_stream_loses_no_acknowledged_write() {
     for id in 1..=3 {
         cluster.assert_running(id);
     }
+}
+
+/// A follower asked to write right after the leader died still believes in
+/// the dead leader; its forward is refused. It holds the call through the
+/// election and places it with the new leader, so one attempt, with no retry
+/// by the caller, succeeds, and the answer names the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_holds_a_call_through_the_election_after_the_leader_dies() {
+    let mut cluster = TestCluster::start(3);
+    let old_leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let follower = (1..=3).find(|id| *id != old_leader).expect("a follower");
+    let uri = format!("http://{}", cluster.address(follower));
+    let channel = Channel::from_shared(uri).expect("an endpoint URI").connect().await.expect("connect");
+    let mut one_attempt = RunnerStorageClient::new(channel);
+    one_attempt.get_runners(pb::GetRunnersRequest {}).await.expect("forwarded before the kill");
+
+    cluster.kill(old_leader);
+    let request = pb::RegisterRequest {
+        address: "held:1".into(),
+        runner: runner_json("held", 1),
+        healthy: true,
+        request_id: None,
+    };
+    let answer = one_attempt.register(request).await.expect("one attempt through a follower across the failover");
+    let new_leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    assert_ne!(new_leader, old_leader, "the killed node cannot lead");
+    let named = answer.metadata().get("x-runner-storage-leader").map(|value| value.to_str().unwrap().to_owned());
+    let expected = (new_leader != follower).then(|| cluster.address(new_leader));
+    assert_eq!(named, expected, "the held call was placed with the new leader {new_leader} (asked node {follower})");
+    let runners = cluster.client().get_runners().await.unwrap();
+    assert_eq!(runners, vec![(runner_json("held", 1), true)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
