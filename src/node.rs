@@ -21,6 +21,7 @@ use crate::config::NodeConfig;
 use crate::error::Error;
 use crate::model::RequestId;
 use crate::proposer::{Proposer, Refused};
+use crate::raft::election::{self, Nudges};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::sm_store::{AppliedState, StateMachineStore};
@@ -63,6 +64,8 @@ pub struct Node {
     pub state_machine: StateMachineStore,
     /// Channels to the leader for forwarded calls.
     pub forwarder: Forwarder,
+    /// What the Raft server reports of appends and votes, to hasten elections.
+    pub election_nudges: Nudges,
     /// Batches concurrent writes into one Raft entry.
     proposer: Proposer,
     /// Coalesces concurrent reads' barrier rounds.
@@ -124,26 +127,29 @@ impl Node {
         let committed_index = log_store.committed_index();
         let flush_stats = log_store.flush_stats();
         let dialer = config.peer_dialer()?;
-        let raft =
-            Raft::new(config.node_id, raft_config, Network::new(dialer.clone()), log_store, state_machine.clone())
-                .await
-                .context("cannot start Raft")?;
+        let lease = Duration::from_millis(config.raft.election_timeout_max_ms);
+        let (election_nudges, nudge_queue) = Nudges::new(lease);
+        let network = Network::new(dialer.clone(), election_nudges.clone());
+        let raft = Raft::new(config.node_id, raft_config, network, log_store, state_machine.clone())
+            .await
+            .context("cannot start Raft")?;
+        tokio::spawn(election::run(raft.clone(), nudge_queue));
         let planted_bug = PlantedBug::from_env()?;
         if let Some(bug) = planted_bug {
             tracing::warn!(?bug, "PLANTED BUG ACTIVE: this node is deliberately incorrect (checker tests only)");
         }
         let forwarder = Forwarder::new(dialer);
         let metrics = crate::metrics::Metrics::new();
+        let proposer = Proposer::start(raft.clone());
         // Half of openraft's leader lease (followers refuse other candidates for
         // election_timeout_max after our last acknowledged heartbeat).
-        let proposer = Proposer::start(raft.clone());
-        let read_barrier =
-            ReadBarrier::new(Duration::from_millis(config.raft.election_timeout_max_ms / 2), restored_lead);
+        let read_barrier = ReadBarrier::new(lease / 2, restored_lead);
         Ok(Arc::new(Node {
             id: config.node_id,
             raft,
             state_machine,
             forwarder,
+            election_nudges,
             read_barrier,
             proposer,
             metrics,

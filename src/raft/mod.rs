@@ -1,12 +1,14 @@
 //! Replication: openraft's types for runner-storage, the sled stores, and the
 //! gRPC transport between nodes.
 //!
+//! - [`election`]: campaigns at once when an election's outcome is clear.
 //! - [`log_store`]: the Raft log, vote and markers in sled, group-committed.
 //! - [`sm_store`]: applies entries to the pure state machine; snapshots.
 //! - [`network`]: the client side of Raft RPCs to peers (tonic).
 //! - [`server`]: the server side of Raft RPCs from peers (tonic).
 //! - [`sled_schema`]: every tree and key on disk.
 
+pub mod election;
 pub mod log_store;
 pub mod network;
 pub mod server;

@@ -15,6 +15,7 @@ use openraft::AnyError;
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::transport::Channel;
 
+use super::election::Nudges;
 use super::typ::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse,
     RPCError, RaftError, VoteRequest, VoteResponse,
@@ -31,16 +32,18 @@ use crate::transport::Dialer;
 /// leadership check (each linearizable read round), and a fresh channel would
 /// mean a new TCP and HTTP/2 handshake each time. One HTTP/2 connection per
 /// peer carries replication, heartbeats, votes and read checks alike.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Network {
     dialer: Dialer,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    nudges: Nudges,
 }
 
 impl Network {
-    /// A network that dials peers with `dialer` (TLS identity, token).
-    pub fn new(dialer: Dialer) -> Self {
-        Network { dialer, channels: Arc::default() }
+    /// A network that dials peers with `dialer` (TLS identity, token) and
+    /// reports the votes it receives to `nudges`.
+    pub fn new(dialer: Dialer, nudges: Nudges) -> Self {
+        Network { dialer, channels: Arc::default(), nudges }
     }
 
     fn channel(&self, address: &str) -> Option<Channel> {
@@ -59,7 +62,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
         let channel = self.channel(&node.addr);
-        PeerClient::new(target, node.clone(), channel, self.dialer.clone())
+        PeerClient::new(target, node.clone(), channel, self.dialer.clone(), self.nudges.clone())
     }
 }
 
@@ -69,16 +72,17 @@ pub struct PeerClient {
     node: Node,
     client: Option<RaftClient<Channel>>,
     dialer: Dialer,
+    nudges: Nudges,
 }
 
 impl PeerClient {
-    fn new(target: NodeId, node: Node, channel: Option<Channel>, dialer: Dialer) -> Self {
+    fn new(target: NodeId, node: Node, channel: Option<Channel>, dialer: Dialer, nudges: Nudges) -> Self {
         let client = channel.map(|channel| {
             RaftClient::new(channel)
                 .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
         });
-        PeerClient { target, node, client, dialer }
+        PeerClient { target, node, client, dialer, nudges }
     }
 
     /// Encodes `request`, sends it with `send`, and decodes the peer's `Result`.
@@ -140,7 +144,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 
     async fn vote(&mut self, rpc: VoteRequest, option: RPCOption) -> Result<VoteResponse, RPCError> {
-        self.call(&rpc, option, |mut client, request| async move { client.vote(request).await }).await
+        let answer = self.call(&rpc, option, |mut client, request| async move { client.vote(request).await }).await;
+        if let Ok(answer) = &answer {
+            self.nudges.vote_received(&rpc, answer);
+        }
+        answer
     }
 
     /// Retries an unreachable peer every [`limits::PEER_UNREACHABLE_BACKOFF`]

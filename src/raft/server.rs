@@ -4,6 +4,7 @@
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::{Request, Response, Status};
 
+use super::election::Nudges;
 use super::Raft;
 use crate::pb::raft::raft_server;
 use crate::pb::raft::RaftPayload;
@@ -11,12 +12,13 @@ use crate::pb::raft::RaftPayload;
 /// The `runner_storage.raft.v1.Raft` service of one node.
 pub struct RaftService {
     raft: Raft,
+    nudges: Nudges,
 }
 
 impl RaftService {
-    /// A service feeding `raft`.
-    pub fn new(raft: Raft) -> Self {
-        RaftService { raft }
+    /// A service feeding `raft`, reporting appends and votes to `nudges`.
+    pub fn new(raft: Raft, nudges: Nudges) -> Self {
+        RaftService { raft, nudges }
     }
 }
 
@@ -33,11 +35,18 @@ fn encode<T: Serialize>(answer: &T) -> Result<Response<RaftPayload>, Status> {
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        encode(&self.raft.append_entries(decode(request)?).await)
+        let answer = self.raft.append_entries(decode(request)?).await;
+        self.nudges.heard_from_leader();
+        encode(&answer)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        encode(&self.raft.vote(decode(request)?).await)
+        let request: super::typ::VoteRequest = decode(request)?;
+        let answer = self.raft.vote(request.clone()).await;
+        if let Ok(answer) = &answer {
+            self.nudges.vote_answered(&request, answer);
+        }
+        encode(&answer)
     }
 
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

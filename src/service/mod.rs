@@ -65,9 +65,10 @@ pub async fn serve(
     let cluster = pb::admin::cluster_server::ClusterServer::new(admin::ClusterService::new(node.clone()));
     let inspect = pb::admin::inspect_server::InspectServer::new(inspect::InspectService::new(node.clone()))
         .max_encoding_message_size(bytes_max);
-    let raft = pb::raft::raft_server::RaftServer::new(RaftService::new(node.raft.clone()))
-        .max_decoding_message_size(bytes_max)
-        .max_encoding_message_size(bytes_max);
+    let raft =
+        pb::raft::raft_server::RaftServer::new(RaftService::new(node.raft.clone(), node.election_nudges.clone()))
+            .max_decoding_message_size(bytes_max)
+            .max_encoding_message_size(bytes_max);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     tokio::spawn(observe::report_health(node.clone(), health_reporter));
     let reflection = tonic_reflection::server::Builder::configure()

@@ -1,0 +1,218 @@
+//! [`Nudges`]: campaign at once where openraft 0.9 would wait out a timer
+//! although the outcome of the election is already clear.
+//!
+//! After a leader dies, the survivors' timers fire in random order. When the
+//! one that is behind (a shorter log) fires first, openraft loses time twice:
+//!
+//! 1. **A voter refuses a candidate whose log is shorter**, having heard
+//!    nothing from any leader for a whole lease (`election_timeout_max`). The
+//!    leader is gone, and only a node with at least this voter's log can win,
+//!    yet openraft leaves the next step to this voter's own timer, while the
+//!    refused candidate waits `2 × election_timeout_max` longer before it
+//!    tries again. Nudge: this voter campaigns now.
+//! 2. **A candidate is refused by a rival candidate of the same term whose
+//!    log is shorter** (both voted for themselves: a split vote). One term up
+//!    the rival must grant the vote, yet openraft waits a whole election
+//!    timeout first. Nudge: this candidate campaigns again now.
+//!
+//! Campaigning is always safe in Raft (a vote needs a quorum and the longest
+//! log); a nudge only changes when. Nor does it cut the leader lease that
+//! lease reads rely on: nudge 1 needs a whole lease of silence since the last
+//! append this node received, so it campaigns no sooner than openraft would
+//! let anyone win its vote. Each nudge names its term and [`run`] acts on at
+//! most one per term, only while that is still the node's term.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+use tokio::sync::mpsc;
+
+use super::typ::{VoteRequest, VoteResponse};
+use super::Raft;
+
+/// Nudges waiting for [`run`]; more are dropped (a nudge only hastens an
+/// election the timers would start anyway).
+const NUDGES_QUEUED_MAX: usize = 16;
+
+/// The senders' side of the nudges: what the Raft server and network see of
+/// votes goes through here. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Nudges {
+    queue: mpsc::Sender<u64>,
+    started: Instant,
+    /// Nanoseconds after `started` when the last append arrived.
+    last_append_nanos: Arc<AtomicU64>,
+    lease: Duration,
+}
+
+impl Nudges {
+    /// Nudges for a node whose followers honour a leader lease of `lease`
+    /// (openraft's `election_timeout_max`); the receiver goes to [`run`].
+    pub fn new(lease: Duration) -> (Self, mpsc::Receiver<u64>) {
+        let (queue, receiver) = mpsc::channel(NUDGES_QUEUED_MAX);
+        let nudges = Nudges { queue, started: Instant::now(), last_append_nanos: Arc::default(), lease };
+        nudges.heard_from_leader();
+        (nudges, receiver)
+    }
+
+    /// Records that an append (entries or heartbeat) was just handled.
+    pub fn heard_from_leader(&self) {
+        let nanos = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_append_nanos.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        let last = Duration::from_nanos(self.last_append_nanos.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+
+    /// This node answered `request` with `answer` (nudge 1).
+    pub fn vote_answered(&self, request: &VoteRequest, answer: &VoteResponse) {
+        if refused_a_shorter_log_after_the_lease(request, answer, self.quiet_for(), self.lease) {
+            self.send(answer.vote.leader_id().term);
+        }
+    }
+
+    /// A peer answered this node's `request` with `answer` (nudge 2).
+    pub fn vote_received(&self, request: &VoteRequest, answer: &VoteResponse) {
+        if split_with_a_shorter_log(request, answer) {
+            self.send(request.vote.leader_id().term);
+        }
+    }
+
+    fn send(&self, term: u64) {
+        // Full queue: the timers will do, a little later.
+        let _ = self.queue.try_send(term);
+    }
+}
+
+/// Nudge 1: this voter, which still follows a leader (its vote is committed)
+/// but has heard nothing for longer than the lease, refused `request`
+/// because its own log is longer.
+pub fn refused_a_shorter_log_after_the_lease(
+    request: &VoteRequest,
+    answer: &VoteResponse,
+    quiet_for: Duration,
+    lease: Duration,
+) -> bool {
+    !answer.vote_granted && answer.vote.is_committed() && answer.last_log_id > request.last_log_id && quiet_for > lease
+}
+
+/// Nudge 2: a rival candidate of the same term (its vote not committed)
+/// refused this node's `request`, and the rival's log is shorter.
+pub fn split_with_a_shorter_log(request: &VoteRequest, answer: &VoteResponse) -> bool {
+    !answer.vote_granted
+        && !answer.vote.is_committed()
+        && answer.vote.leader_id().term == request.vote.leader_id().term
+        && answer.last_log_id < request.last_log_id
+}
+
+/// Acts on nudges until Raft stops: for each, an election now, if the nudge's
+/// term is still this node's term, it does not lead, and no nudge of that
+/// term or a later one was acted on yet.
+pub async fn run(raft: Raft, mut nudges: mpsc::Receiver<u64>) {
+    let mut metrics = raft.metrics();
+    let mut last_term_nudged = 0;
+    loop {
+        let term = tokio::select! {
+            nudge = nudges.recv() => match nudge {
+                Some(term) => term,
+                None => return,
+            },
+            changed = metrics.changed() => match changed {
+                Ok(()) => continue,
+                Err(_) => return, // Raft has stopped.
+            },
+        };
+        let (current_term, state) = {
+            let now = metrics.borrow();
+            (now.current_term, now.state)
+        };
+        if term <= last_term_nudged
+            || term != current_term
+            || matches!(state, ServerState::Leader | ServerState::Shutdown)
+        {
+            continue;
+        }
+        last_term_nudged = term;
+        tracing::info!(term, "campaigning now: the election's outcome is already clear");
+        if raft.trigger().elect().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{LogId, Vote};
+
+    use super::*;
+
+    const LEASE: Duration = Duration::from_millis(160);
+
+    fn log(term: u64, index: u64) -> Option<LogId<u64>> {
+        Some(LogId::new(openraft::CommittedLeaderId::new(term, 0), index))
+    }
+
+    fn request(term: u64, candidate: u64, last: Option<LogId<u64>>) -> VoteRequest {
+        VoteRequest::new(Vote::new(term, candidate), last)
+    }
+
+    fn answer(vote: Vote<u64>, granted: bool, last: Option<LogId<u64>>) -> VoteResponse {
+        VoteResponse::new(vote, last, granted)
+    }
+
+    #[test]
+    fn a_follower_with_the_longer_log_campaigns_once_the_lease_is_over() {
+        let candidate = request(8, 1, log(7, 100));
+        let follower = answer(Vote::new_committed(7, 3), false, log(7, 104));
+        let quiet = LEASE + Duration::from_millis(1);
+        assert!(refused_a_shorter_log_after_the_lease(&candidate, &follower, quiet, LEASE));
+        // Within the lease the leader may be alive: leave it alone.
+        assert!(!refused_a_shorter_log_after_the_lease(&candidate, &follower, LEASE, LEASE));
+        // Not for a candidate with at least this log, nor for a granted vote.
+        let equal = answer(Vote::new_committed(7, 3), false, log(7, 100));
+        assert!(!refused_a_shorter_log_after_the_lease(&candidate, &equal, quiet, LEASE));
+        let granted = answer(Vote::new(8, 1), true, log(7, 104));
+        assert!(!refused_a_shorter_log_after_the_lease(&candidate, &granted, quiet, LEASE));
+        // A node already campaigning (its vote not committed) has its own election.
+        let campaigning = answer(Vote::new(8, 2), false, log(7, 104));
+        assert!(!refused_a_shorter_log_after_the_lease(&candidate, &campaigning, quiet, LEASE));
+    }
+
+    #[test]
+    fn a_candidate_that_split_the_vote_with_a_shorter_log_campaigns_again() {
+        let mine = request(8, 2, log(7, 104));
+        let rival = answer(Vote::new(8, 3), false, log(7, 100));
+        assert!(split_with_a_shorter_log(&mine, &rival));
+        // A rival with as long a log may win: wait for the timers.
+        let as_long = answer(Vote::new(8, 3), false, log(7, 104));
+        assert!(!split_with_a_shorter_log(&mine, &as_long));
+        // A voter that still follows a leader refused for its lease, not a split.
+        let follower = answer(Vote::new_committed(7, 1), false, log(7, 100));
+        assert!(!split_with_a_shorter_log(&mine, &follower));
+        // A later term already moved on.
+        let later = answer(Vote::new(9, 3), false, log(7, 100));
+        assert!(!split_with_a_shorter_log(&mine, &later));
+        let granted = answer(Vote::new(8, 2), true, log(7, 100));
+        assert!(!split_with_a_shorter_log(&mine, &granted));
+    }
+
+    #[test]
+    fn silence_is_measured_from_the_last_append() {
+        let (nudges, mut queue) = Nudges::new(Duration::ZERO);
+        let candidate = request(8, 1, log(7, 100));
+        let follower = answer(Vote::new_committed(7, 3), false, log(7, 104));
+        while nudges.quiet_for().is_zero() {
+            std::hint::spin_loop();
+        }
+        nudges.vote_answered(&candidate, &follower);
+        assert_eq!(queue.try_recv().ok(), Some(7), "quiet longer than a zero lease: campaign in term 7 -> 8");
+        let (nudges, mut queue) = Nudges::new(Duration::from_secs(3600));
+        nudges.heard_from_leader();
+        nudges.vote_answered(&candidate, &follower);
+        assert!(queue.try_recv().is_err(), "an hour's lease is not over");
+    }
+}
