@@ -51,10 +51,10 @@ impl StateMachineStore {
     pub fn open(db: &sled::Db, initial_state: State) -> Result<Self, StorageError<NodeId>> {
         let snapshots =
             db.open_tree(schema::SNAPSHOTS).map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
-        let stored = snapshots.get(schema::SNAPSHOT_DATA_KEY).map_err(|e| read_error(&e))?;
-        let snapshot_bytes = stored.as_ref().map_or(0, |bytes| bytes.len() as u64);
+        let stored = load_snapshot(&snapshots)?;
+        let snapshot_bytes = stored.as_ref().map_or(0, |(_, data)| data.len() as u64);
         let applied = match stored {
-            Some(bytes) => decode::<AppliedState>(&bytes).map_err(|e| read_error(&e))?,
+            Some((_, data)) => decode::<AppliedState>(&data).map_err(|e| read_error(&e))?,
             None => AppliedState { state: initial_state, ..AppliedState::default() },
         };
         Ok(StateMachineStore {
@@ -82,20 +82,52 @@ impl StateMachineStore {
         self.applied.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn save_snapshot(&self, meta: &SnapshotMeta<NodeId, Node>, data: &[u8]) -> Result<(), StorageError<NodeId>> {
+    /// Saves `data` as the latest snapshot, durably, and hands it back.
+    ///
+    /// One plain insert of one record, on a blocking thread: a sled batch
+    /// would hold sled's global write lock while the megabytes are written
+    /// and synced, stalling every log append (and with it the heartbeats)
+    /// for that long.
+    async fn save_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        data: Vec<u8>,
+    ) -> Result<Vec<u8>, StorageError<NodeId>> {
         let signature = Some(meta.signature());
-        let meta_bytes =
-            encode(meta).map_err(|e| StorageIOError::write_snapshot(signature.clone(), AnyError::new(&e)))?;
-        let mut batch = sled::Batch::default();
-        batch.insert(schema::SNAPSHOT_META_KEY, meta_bytes);
-        batch.insert(schema::SNAPSHOT_DATA_KEY, data);
-        self.snapshots
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), AnyError::new(&e)))?;
-        self.db.flush_async().await.map_err(|e| StorageIOError::write_snapshot(signature, AnyError::new(&e)))?;
+        let write_error = |e: &dyn std::fmt::Display| {
+            StorageError::from(StorageIOError::write_snapshot(signature.clone(), AnyError::error(e.to_string())))
+        };
+        let meta_bytes = encode(meta).map_err(|e| write_error(&e))?;
+        let (db, snapshots) = (self.db.clone(), self.snapshots.clone());
+        let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, sled::Error> {
+            snapshots.insert(schema::SNAPSHOT_KEY, schema::snapshot_record(&meta_bytes, &data))?;
+            // The former two-key layout, if this data dir still has it.
+            snapshots.remove(schema::SNAPSHOT_META_KEY)?;
+            snapshots.remove(schema::SNAPSHOT_DATA_KEY)?;
+            db.flush()?;
+            Ok(data)
+        })
+        .await
+        .map_err(|e| write_error(&e))?
+        .map_err(|e| write_error(&e))?;
         self.snapshot_bytes.store(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
+        Ok(data)
     }
+}
+
+/// A snapshot as stored: (postcard `SnapshotMeta`, snapshot bytes).
+type StoredSnapshot = (Vec<u8>, Vec<u8>);
+
+/// The latest snapshot on disk, in either layout.
+fn load_snapshot(snapshots: &sled::Tree) -> Result<Option<StoredSnapshot>, StorageError<NodeId>> {
+    if let Some(record) = snapshots.get(schema::SNAPSHOT_KEY).map_err(|e| read_error(&e))? {
+        let (meta, data) = schema::split_snapshot_record(&record)
+            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?;
+        return Ok(Some((meta.to_vec(), data.to_vec())));
+    }
+    let meta = snapshots.get(schema::SNAPSHOT_META_KEY).map_err(|e| read_error(&e))?;
+    let data = snapshots.get(schema::SNAPSHOT_DATA_KEY).map_err(|e| read_error(&e))?;
+    Ok(meta.zip(data).map(|(meta, data)| (meta.to_vec(), data.to_vec())))
 }
 
 fn read_error(error: &(impl std::error::Error + 'static)) -> StorageError<NodeId> {
@@ -104,18 +136,23 @@ fn read_error(error: &(impl std::error::Error + 'static)) -> StorageError<NodeId
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let (data, last_log_id, last_membership) = {
-            let applied = self.read();
-            let data = encode(&*applied).map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;
-            (data, applied.last_applied, applied.last_membership.clone())
-        };
+        // Encoding megabytes is CPU work: off the async workers.
+        let store = self.clone();
+        let encoded = tokio::task::spawn_blocking(move || {
+            let applied = store.read();
+            encode(&*applied).map(|data| (data, applied.last_applied, applied.last_membership.clone()))
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, AnyError::error(e.to_string())))?;
+        let (data, last_log_id, last_membership) =
+            encoded.map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;
         let count = self.snapshots_built.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let snapshot_id = match last_log_id {
             Some(log_id) => format!("{}-{}-{count}", log_id.leader_id, log_id.index),
             None => format!("empty-{count}"),
         };
         let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
-        self.save_snapshot(&meta, &data).await?;
+        let data = self.save_snapshot(&meta, data).await?;
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
@@ -189,18 +226,74 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 format!("snapshot holds {:?} but its meta says {:?}", installed.last_applied, meta.last_log_id);
             return Err(StorageIOError::read_snapshot(signature, AnyError::error(message)).into());
         }
-        self.save_snapshot(meta, &data).await?;
+        self.save_snapshot(meta, data).await?;
         *self.write() = installed;
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let Some(meta_bytes) = self.snapshots.get(schema::SNAPSHOT_META_KEY).map_err(|e| read_error(&e))? else {
+        let Some((meta_bytes, data)) = load_snapshot(&self.snapshots)? else {
             return Ok(None);
         };
         let meta: SnapshotMeta<NodeId, Node> = decode(&meta_bytes).map_err(|e| read_error(&e))?;
-        let data = self.snapshots.get(schema::SNAPSHOT_DATA_KEY).map_err(|e| read_error(&e))?.unwrap_or_default();
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data.to_vec())) }))
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, RaftSnapshotBuilder};
+
+    use super::*;
+    use crate::state_machine::{Command, Envelope};
+
+    fn state_with_one_runner() -> AppliedState {
+        let mut state = State::default();
+        let runner = r#"{"address":{"host":"h","port":1},"groups":["default"],"weight":1}"#;
+        let command = Command::Register { address: "h:1".into(), runner: runner.into(), healthy: true };
+        state.apply(&Envelope { time_ms: 1, request_id: None, command });
+        let last_applied = Some(LogId::new(CommittedLeaderId::new(3, 1), 42));
+        AppliedState { last_applied, last_membership: StoredMembership::default(), state }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_in_the_former_two_key_layout_is_read_and_then_replaced() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let applied = state_with_one_runner();
+        let meta: SnapshotMeta<NodeId, Node> = SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.last_membership.clone(),
+            snapshot_id: "former".into(),
+        };
+        let snapshots = db.open_tree(schema::SNAPSHOTS).unwrap();
+        snapshots.insert(schema::SNAPSHOT_META_KEY, encode(&meta).unwrap()).unwrap();
+        snapshots.insert(schema::SNAPSHOT_DATA_KEY, encode(&applied).unwrap()).unwrap();
+
+        let mut store = StateMachineStore::open(&db, State::default()).unwrap();
+        assert_eq!(store.read().last_applied, applied.last_applied, "restored from the former layout");
+        assert_eq!(store.read().state.get_runners(1).len(), 1);
+        let current = store.get_current_snapshot().await.unwrap().expect("a snapshot");
+        assert_eq!(current.meta.snapshot_id, "former");
+
+        let built = store.build_snapshot().await.unwrap();
+        assert_eq!(built.meta.last_log_id, applied.last_applied);
+        assert!(snapshots.get(schema::SNAPSHOT_DATA_KEY).unwrap().is_none(), "the former keys are gone");
+        assert!(snapshots.get(schema::SNAPSHOT_META_KEY).unwrap().is_none());
+        let current = store.get_current_snapshot().await.unwrap().expect("a snapshot");
+        assert_eq!(current.meta.snapshot_id, built.meta.snapshot_id);
+        assert_eq!(current.snapshot.into_inner(), encode(&*store.read()).unwrap());
+
+        let reopened = StateMachineStore::open(&db, State::default()).unwrap();
+        assert_eq!(reopened.read().last_applied, applied.last_applied, "restored from the one-record layout");
+        assert_eq!(reopened.snapshot_bytes(), encode(&applied).unwrap().len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_truncated_snapshot_record_is_a_storage_error_not_a_panic() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let snapshots = db.open_tree(schema::SNAPSHOTS).unwrap();
+        snapshots.insert(schema::SNAPSHOT_KEY, &[200, 0, 0, 0, 1, 2][..]).unwrap();
+        assert!(StateMachineStore::open(&db, State::default()).is_err());
     }
 }
