@@ -100,6 +100,9 @@ pub struct Lab {
     planted_bug: Option<String>,
     /// Loopback ports by host.
     ports: BTreeMap<u8, u16>,
+    /// The node binary this lab runs: a copy taken when the lab was created,
+    /// so that a rebuild during a long run cannot mix two versions of it.
+    binary: std::path::PathBuf,
     pub keep_files: bool,
 }
 
@@ -178,6 +181,13 @@ impl Lab {
     pub fn create(size: u8, tuning: Tuning, planted_bug: Option<&str>) -> Lab {
         assert!((1..=9).contains(&size), "lab size {size} not in 1..=9");
         let dir = tempfile::Builder::new().prefix("runner-storage-chaos-").tempdir().expect("lab temp dir");
+        // A hard link keeps this version even when cargo replaces the file
+        // (it writes a new one); a copy where links are not possible.
+        let binary = dir.path().join("runner-storage");
+        let built = env!("CARGO_BIN_EXE_runner-storage");
+        std::fs::hard_link(built, &binary)
+            .or_else(|_| std::fs::copy(built, &binary).map(|_| ()))
+            .expect("pin the node binary in the lab dir");
         let mode = match netns_available() {
             Ok(()) => {
                 clean_stale_labs();
@@ -200,6 +210,7 @@ impl Lab {
             tuning,
             planted_bug: planted_bug.map(str::to_owned),
             ports: BTreeMap::new(),
+            binary,
             keep_files: std::env::var("CHAOS_KEEP").is_ok(),
         };
         if let Err(error) = lab.build_network() {
@@ -316,12 +327,12 @@ impl Lab {
         let node = self.nodes.get_mut(&id).expect("known node");
         assert!(node.child.is_none(), "node {id} is already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log_path).expect("open node log");
-        let binary = env!("CARGO_BIN_EXE_runner-storage");
+        let binary = &self.binary;
         // `ip netns exec` execs the binary itself, so the child's pid is the node's.
         let mut command = match &namespace {
             Some(namespace) => {
                 let mut command = Command::new("ip");
-                command.args(["netns", "exec", namespace, binary]);
+                command.args(["netns", "exec", namespace]).arg(binary);
                 command
             }
             None => Command::new(binary),
