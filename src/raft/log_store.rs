@@ -183,7 +183,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let last_purged_log_id = self.read_meta::<LogId<NodeId>>(schema::LAST_PURGED_KEY)?;
-        let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
+        // Entries at or below the purge point may linger until the purge's
+        // background removal is done: the last log id is never below it.
+        let last_log_id = self.last_entry_log_id()?.max(last_purged_log_id);
         Ok(LogState { last_purged_log_id, last_log_id })
     }
 
@@ -241,9 +243,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        // Record the purge point first: a crash between the two steps leaves
-        // entries below it, which are ignored, never a gap that is not recorded.
+        // Record the purge point first: entries below it are ignored from
+        // then on, so they may go later, or survive a crash, harmlessly.
         self.write_meta(schema::LAST_PURGED_KEY, &log_id, true).await?;
-        self.remove_range(..=log_id.index)
+        // Then remove them one by one on a blocking thread. A sled batch of
+        // thousands of removes would hold sled's global write lock all along,
+        // stalling this node's appends past openraft's replication timeout:
+        // with every node purging at the same index, that cost a leader.
+        let logs = self.logs.clone();
+        tokio::task::spawn_blocking(move || {
+            for key in logs.range(..=schema::index_key(log_id.index)).keys() {
+                let removed = key.and_then(|key| logs.remove(key));
+                if let Err(error) = removed {
+                    // Left for the next purge, which covers this range again.
+                    tracing::warn!(%error, "removing purged log entries");
+                    return;
+                }
+            }
+        });
+        Ok(())
     }
 }
