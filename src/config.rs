@@ -43,11 +43,11 @@ pub struct Peer {
 /// campaigns, checked on a tick every 1.5 heartbeats, so after a leader dies
 /// a follower campaigns `max + [min, max]` after the last heartbeat, plus up
 /// to a tick: 270–395 ms with the defaults. Heartbeats every 50 ms mean it
-/// campaigns only after missing at least five in a row. A candidate that
-/// learns of a longer log waits `2 × max` more, so a bad round (the survivor
-/// that is behind campaigns first) costs about 320 ms extra, not 500 ms as
-/// with 150–250. openraft also uses the heartbeat interval as the timeout of
-/// each replication RPC, which is why it is not shorter.
+/// campaigns only after missing at least five in a row. When the survivor
+/// that is behind campaigns first, openraft would add `2 × max` and another
+/// timeout; `raft::election` has the right node campaign at once instead.
+/// openraft also uses the heartbeat interval as the timeout of each
+/// replication RPC, which is why it is not shorter.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftTuning {

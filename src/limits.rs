@@ -125,11 +125,11 @@ pub const PEER_UNREACHABLE_BACKOFF: std::time::Duration = std::time::Duration::f
 /// only appends.
 pub const SLED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
-/// Longest a node holds a call it cannot place because no leader is known or
-/// the known leader refused the connection (it died): long enough to cover
-/// an election (lease + timeout + tick, 270–395 ms with the defaults, more
-/// when a vote splits), short of the
-/// client's attempt timeout. The caller's own deadline shortens it.
+/// Longest a node holds a call it cannot place because the known leader
+/// refused the connection (it died): long enough to cover an election
+/// (lease + timeout + tick, 270–395 ms with the defaults, more when a vote
+/// splits), short of the client's attempt timeout. The caller's own deadline
+/// shortens it.
 pub const LEADER_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(1_500);
 
 /// Longest a node holds a call while it knows no leader at all. Shorter than

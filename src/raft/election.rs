@@ -57,7 +57,8 @@ impl Nudges {
         (nudges, receiver)
     }
 
-    /// Records that an append (entries or heartbeat) was just handled.
+    /// Records that an append (entries or heartbeat) or a snapshot chunk
+    /// was just handled.
     pub fn heard_from_leader(&self) {
         let nanos = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.last_append_nanos.fetch_max(nanos, Ordering::Relaxed);

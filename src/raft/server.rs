@@ -50,6 +50,9 @@ impl raft_server::Raft for RaftService {
     }
 
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        encode(&self.raft.install_snapshot(decode(request)?).await)
+        let answer = self.raft.install_snapshot(decode(request)?).await;
+        // A leader busy streaming a snapshot here sends no appends meanwhile.
+        self.nudges.heard_from_leader();
+        encode(&answer)
     }
 }

@@ -135,6 +135,7 @@ where
 {
     let already_forwarded = forward::is_forwarded(&request);
     let timeout = grpc_timeout(&request);
+    let received = std::time::Instant::now();
     let hold_until = leader_wait_deadline(timeout);
     let no_leader_hold_until = hold_until.min(tokio::time::Instant::now() + limits::NO_LEADER_WAIT_MAX);
     let message = request.into_inner();
@@ -161,7 +162,9 @@ where
             }
         };
         let channel = node.forwarder.channel(&leader_address).map_err(status::to_status)?;
-        let status = match forward(channel, node.forwarder.request(message.clone(), timeout)).await {
+        // What is left of the caller's deadline, after any wait for a leader.
+        let remaining = timeout.map(|t| t.saturating_sub(received.elapsed()));
+        let status = match forward(channel, node.forwarder.request(message.clone(), remaining)).await {
             Ok(response) => return Ok(with_leader_hint(response, &leader_address)),
             Err(status) => status,
         };
