@@ -52,9 +52,9 @@ impl StateMachineStore {
         let snapshots =
             db.open_tree(schema::SNAPSHOTS).map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
         let stored = load_snapshot(&snapshots)?;
-        let snapshot_bytes = stored.as_ref().map_or(0, |(_, data)| data.len() as u64);
+        let snapshot_bytes = stored.as_ref().map_or(0, |stored| stored.data().len() as u64);
         let applied = match stored {
-            Some((_, data)) => decode::<AppliedState>(&data).map_err(|e| read_error(&e))?,
+            Some(stored) => decode::<AppliedState>(stored.data()).map_err(|e| read_error(&e))?,
             None => AppliedState { state: initial_state, ..AppliedState::default() },
         };
         Ok(StateMachineStore {
@@ -115,19 +115,43 @@ impl StateMachineStore {
     }
 }
 
-/// A snapshot as stored: (postcard `SnapshotMeta`, snapshot bytes).
-type StoredSnapshot = (Vec<u8>, Vec<u8>);
+/// A snapshot as sled returned it, not copied: the megabytes are decoded in place.
+enum StoredSnapshot {
+    /// One [`schema::SNAPSHOT_KEY`] record whose metadata is `meta_len` bytes.
+    Record { record: sled::IVec, meta_len: usize },
+    /// The former two-key layout.
+    TwoKeys { meta: sled::IVec, data: sled::IVec },
+}
+
+impl StoredSnapshot {
+    /// The postcard `SnapshotMeta`.
+    fn meta(&self) -> &[u8] {
+        match self {
+            StoredSnapshot::Record { record, meta_len } => &record[4..4 + meta_len],
+            StoredSnapshot::TwoKeys { meta, .. } => meta,
+        }
+    }
+
+    /// The snapshot bytes.
+    fn data(&self) -> &[u8] {
+        match self {
+            StoredSnapshot::Record { record, meta_len } => &record[4 + meta_len..],
+            StoredSnapshot::TwoKeys { data, .. } => data,
+        }
+    }
+}
 
 /// The latest snapshot on disk, in either layout.
 fn load_snapshot(snapshots: &sled::Tree) -> Result<Option<StoredSnapshot>, StorageError<NodeId>> {
     if let Some(record) = snapshots.get(schema::SNAPSHOT_KEY).map_err(|e| read_error(&e))? {
-        let (meta, data) = schema::split_snapshot_record(&record)
+        let (meta, _) = schema::split_snapshot_record(&record)
             .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?;
-        return Ok(Some((meta.to_vec(), data.to_vec())));
+        let meta_len = meta.len();
+        return Ok(Some(StoredSnapshot::Record { record, meta_len }));
     }
     let meta = snapshots.get(schema::SNAPSHOT_META_KEY).map_err(|e| read_error(&e))?;
     let data = snapshots.get(schema::SNAPSHOT_DATA_KEY).map_err(|e| read_error(&e))?;
-    Ok(meta.zip(data).map(|(meta, data)| (meta.to_vec(), data.to_vec())))
+    Ok(meta.zip(data).map(|(meta, data)| StoredSnapshot::TwoKeys { meta, data }))
 }
 
 fn read_error(error: &(impl std::error::Error + 'static)) -> StorageError<NodeId> {
@@ -233,11 +257,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let Some((meta_bytes, data)) = load_snapshot(&self.snapshots)? else {
+        let Some(stored) = load_snapshot(&self.snapshots)? else {
             return Ok(None);
         };
-        let meta: SnapshotMeta<NodeId, Node> = decode(&meta_bytes).map_err(|e| read_error(&e))?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        let meta: SnapshotMeta<NodeId, Node> = decode(stored.meta()).map_err(|e| read_error(&e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data().to_vec())) }))
     }
 }
 
