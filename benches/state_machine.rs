@@ -4,7 +4,11 @@
 //! - 1,000,000 `Acquire`s of one shard each, 300 shards contended by 1,000
 //!   runners while time advances, so some acquires take a free shard, some
 //!   renew their own, some lose to a holder and some take over an expired lock;
-//! - `get_runners` at 1,000 / 10,000 / 100,000 runners, to show it is linear;
+//! - 1,000,000 `Register`s of 1,000 runners with request ids (the runner
+//!   JSON checked, the dedup table kept), and the edge's `Command::validate`
+//!   of the same commands alone;
+//! - `get_runners` at 100 (the size `runner-storage bench get-runners` reads)
+//!   / 1,000 / 10,000 / 100,000 runners, to show it is linear;
 //! - a postcard snapshot of 10,000 runners and 30,000 locks, out and back.
 //!
 //! Envelopes are built before the clock starts, so only `apply` is timed.
@@ -12,6 +16,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use runner_storage::model::RequestId;
 use runner_storage::state_machine::{Caps, Command, Envelope, Reply, State};
 
 /// Runs of each measurement; the median is reported.
@@ -25,6 +30,7 @@ fn main() {
     // allocator kept from the other benchmarks.
     bench_snapshot();
     bench_acquire();
+    bench_register();
     bench_get_runners();
 }
 
@@ -158,10 +164,61 @@ fn bench_acquire() {
     );
 }
 
+// ---- Register ----
+
+const REGISTERS: usize = 1_000_000;
+const REGISTER_RUNNERS: usize = 1_000;
+/// Built and applied in chunks, as for acquires.
+const REGISTER_CHUNK: usize = 100_000;
+
+fn register_envelope(index: usize) -> Envelope {
+    let runner = index % REGISTER_RUNNERS;
+    let address = address(runner);
+    let (host, port) = address.rsplit_once(':').expect("host:port");
+    let runner_json = format!(r#"{{"address":{{"host":"{host}","port":{port}}},"groups":["default"],"weight":1}}"#);
+    let request_id = RequestId { client_id: format!("client-{runner}"), sequence: (index / REGISTER_RUNNERS) as u64 };
+    Envelope {
+        time_ms: (index / REGISTER_RUNNERS) as u64,
+        request_id: Some(request_id),
+        command: Command::Register { address, runner: runner_json, healthy: true },
+    }
+}
+
+/// Applies the million registers; returns the time spent in `apply` and in `validate`.
+fn run_registers() -> (Duration, Duration) {
+    let mut state = State::new(LOCK_EXPIRATION_MS);
+    let (mut applying, mut validating) = (Duration::ZERO, Duration::ZERO);
+    for chunk_start in (0..REGISTERS).step_by(REGISTER_CHUNK) {
+        let envelopes: Vec<Envelope> = (chunk_start..chunk_start + REGISTER_CHUNK).map(register_envelope).collect();
+        let started = Instant::now();
+        for envelope in &envelopes {
+            black_box(envelope.command.validate()).expect("a valid register");
+        }
+        validating += started.elapsed();
+        let started = Instant::now();
+        for envelope in &envelopes {
+            black_box(state.apply(envelope));
+        }
+        applying += started.elapsed();
+    }
+    assert_eq!(state.runners().len(), REGISTER_RUNNERS, "every runner has a record");
+    (applying, validating)
+}
+
+fn bench_register() {
+    let (applying, validating): (Vec<_>, Vec<_>) = (0..RUNS).map(|_| run_registers()).unzip();
+    let per_op = |total: Duration| total.as_nanos() as f64 / REGISTERS as f64;
+    println!(
+        "register: {REGISTERS} re-registers of {REGISTER_RUNNERS} runners with request ids: apply {:.0} ns/op, validate alone {:.0} ns/op",
+        per_op(median(applying)),
+        per_op(median(validating))
+    );
+}
+
 // ---- get_runners ----
 
 fn bench_get_runners() {
-    for runners in [1_000, 10_000, 100_000] {
+    for runners in [100, 1_000, 10_000, 100_000] {
         // Past the default cap of 65,536 runners for the largest size.
         let caps = Caps { runners_max: runners, ..Caps::default() };
         let mut state = State::with_caps(LOCK_EXPIRATION_MS, caps);

@@ -155,19 +155,72 @@ pub fn validate_runner_json(address: &RunnerAddress, runner_json: &str) -> Resul
             limits::RUNNER_JSON_BYTES_MAX
         )));
     }
-    let value: Value =
-        serde_json::from_str(runner_json).map_err(|e| invalid(format!("runner is not valid JSON: {e}")))?;
-    let Value::Object(object) = &value else {
-        return Err(invalid("runner is not a JSON object".into()));
-    };
-    let runner_address = object
-        .get("address")
+    let probe: AddressMember = serde_json::from_str(runner_json).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => invalid("runner is not a JSON object".into()),
+        _ => invalid(format!("runner is not valid JSON: {e}")),
+    })?;
+    let runner_address = probe
+        .0
+        .as_ref()
         .and_then(address_from_json)
         .ok_or_else(|| invalid("runner.address is not an object {host: string, port: integer}".into()))?;
     if &runner_address != address {
         return Err(invalid(format!("runner.address {runner_address} does not match the address argument {address}")));
     }
     Ok(())
+}
+
+/// The `address` member of a JSON object, read without building the rest:
+/// the other members are parsed for syntax and skipped. Validation runs on
+/// every register, on the leader twice (at the edge and in `apply`) and once
+/// on each follower, and a `Value` of the whole runner costs an allocation
+/// per key, string and array. As with `Value`, the last `address` counts.
+struct AddressMember(Option<Value>);
+
+impl<'de> serde::Deserialize<'de> for AddressMember {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> serde::de::Visitor<'de> for ObjectVisitor {
+            type Value = AddressMember;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<AddressMember, A::Error> {
+                let mut address = None;
+                while let Some(IsAddressKey(is_address)) = map.next_key()? {
+                    if is_address {
+                        address = Some(map.next_value::<Value>()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(AddressMember(address))
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// Whether a member name is `address`; compares in place, without a copy.
+struct IsAddressKey(bool);
+
+impl<'de> serde::Deserialize<'de> for IsAddressKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = IsAddressKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> std::result::Result<IsAddressKey, E> {
+                Ok(IsAddressKey(name == "address"))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
 }
 
 fn address_from_json(value: &Value) -> Option<RunnerAddress> {
@@ -303,6 +356,58 @@ mod tests {
         assert!(err.to_string().contains("does not match"), "{err}");
         let err = validate_runner_json(&address, "[1]").unwrap_err();
         assert!(err.to_string().contains("not a JSON object"), "{err}");
+    }
+
+    /// The check before `AddressMember`: a `Value` of the whole runner.
+    fn validate_runner_json_by_value(address: &RunnerAddress, runner_json: &str) -> bool {
+        let Ok(Value::Object(object)) = serde_json::from_str::<Value>(runner_json) else { return false };
+        object.get("address").and_then(address_from_json).is_some_and(|found| &found == address)
+    }
+
+    #[test]
+    fn runner_json_check_agrees_with_a_whole_value_parse() {
+        let address = RunnerAddress::new("h", 1);
+        let fixed = [
+            r#"{"address":{"host":"h","port":1},"groups":["default"],"weight":1}"#,
+            r#"{"groups":[{"address":{"host":"h","port":1}}],"address":{"port":1,"host":"h","x":[]}}"#,
+            r#"{"address":{"host":"x","port":1},"address":{"host":"h","port":1}}"#,
+            r#"{"address":{"host":"h","port":1},"address":{"host":"x","port":1}}"#,
+            r#"{"addr\u0065ss":{"host":"\u0068","port":1}}"#,
+            r#"{"address":{"host":"h","port":1.0}}"#,
+            r#"{"address":{"host":"h","port":65537}}"#,
+            r#"{"address":{"host":"h","port":1}} x"#,
+            r#"{"address":{"host":"h","port":1},}"#,
+            r#"{"address":null}"#,
+            r#"{"address":[]}"#,
+            r#"{"address":{"host":"h","port":1}"#,
+            r#" {"address" : {"host" : "h" , "port" : 1} } "#,
+            "[1]",
+            "[1",
+            "null",
+            "nope",
+            "",
+            "\"address\"",
+        ];
+        for json in fixed {
+            let expected = validate_runner_json_by_value(&address, json);
+            assert_eq!(validate_runner_json(&address, json).is_ok(), expected, "{json}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn runner_json_check_agrees_on_arbitrary_text(
+            json in r#"[{}\[\]",:a-z0-9 .\\-]{0,40}"#,
+            prefix in proptest::sample::select(vec!["", "{\"address\":{\"host\":\"h\",\"port\":1}", "{\"address\":", "{"]),
+        ) {
+            let json = format!("{prefix}{json}");
+            let address = RunnerAddress::new("h", 1);
+            proptest::prop_assert_eq!(
+                validate_runner_json(&address, &json).is_ok(),
+                validate_runner_json_by_value(&address, &json),
+                "{}", json
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! client unseen for 10 × `E` is forgotten.
 //! Everything is keyed by ordered maps so eviction order is deterministic.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::HashMap;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,14 +1,12 @@
 //! The shard lock table: acquire, refresh and release.
 
-use std::collections::HashSet;
-
-use super::{LockRecord, State};
+use super::{HashSet, LockRecord, State};
 use crate::error::Result;
 
 /// `shard_ids` without repeats, first occurrence first. One-element lists
 /// (the common case) skip the set.
 fn distinct(shard_ids: &[String]) -> impl Iterator<Item = &String> {
-    let mut seen: HashSet<&str> = HashSet::new();
+    let mut seen: HashSet<&str> = HashSet::default();
     let single = shard_ids.len() <= 1;
     shard_ids.iter().filter(move |shard_id| single || seen.insert(shard_id.as_str()))
 }

@@ -18,7 +18,7 @@ mod runners;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +26,17 @@ pub use command::{Command, Envelope, RejectionKind, Reply};
 
 use crate::error::Error;
 use crate::limits;
+
+/// The state's hash map: std's, hashed with foldhash instead of SipHash.
+///
+/// Seeded per process like std's default, so no iteration order is ever
+/// the same on two nodes and none may be observable; several times cheaper
+/// than SipHash on the short string keys here (addresses, shard ids), which
+/// every apply and every `getRunners` hashes.
+pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
+
+/// The state's hash set; see [`HashMap`].
+pub type HashSet<T> = std::collections::HashSet<T, foldhash::quality::RandomState>;
 
 /// One registered runner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,10 +111,10 @@ impl State {
             now_ms: 0,
             lock_expiration_ms,
             caps: Caps::default(),
-            runners: HashMap::new(),
+            runners: HashMap::default(),
             machine_ids: BTreeMap::new(),
-            locks: HashMap::new(),
-            locks_by_address: HashMap::new(),
+            locks: HashMap::default(),
+            locks_by_address: HashMap::default(),
             dedup: dedup::Dedup::default(),
         }
     }
