@@ -141,7 +141,7 @@ impl Metrics {
         registry.register("log_flushes", "Flushes (fsyncs) of the Raft log since start", raft.log_flushes.clone());
         registry.register(
             "log_flushed_appends",
-            "Log appends acknowledged by those flushes (appends / flushes = group-commit batch)",
+            "Log appends acknowledged by those flushes (appends / flushes = appends per fsync; 1 while openraft has one append in flight)",
             raft.log_flushed_appends.clone(),
         );
         registry.register("log_flush_seconds", "Seconds spent flushing the Raft log", raft.log_flush_seconds.clone());
