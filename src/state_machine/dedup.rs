@@ -9,11 +9,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::HashMap;
-
 use serde::{Deserialize, Serialize};
 
-use super::Reply;
+use super::{HashMap, Reply};
 use crate::error::{Error, Result};
 use crate::limits::{DEDUP_BYTES_MAX, DEDUP_CLIENTS_MAX, DEDUP_SEQUENCES_PER_CLIENT_MAX};
 use crate::model::RequestId;
