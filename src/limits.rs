@@ -132,6 +132,13 @@ pub const SLED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 /// shortens it.
 pub const LEADER_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(1_500);
 
+/// Longest a stopping node (SIGTERM, Ctrl-C) waits for the calls in flight
+/// before it stops Raft and exits. A write commits in milliseconds; a call
+/// held for a leader is cut short and its caller retries elsewhere. Bounded
+/// because a stopping leader keeps heartbeating while it drains, so no
+/// other node takes over until it is gone.
+pub const SHUTDOWN_DRAIN_MAX: std::time::Duration = std::time::Duration::from_millis(1_000);
+
 /// Longest a node holds a call while it knows no leader at all. Shorter than
 /// [`LEADER_WAIT_MAX`]: a node cut off from the others knows no leader for
 /// as long as the partition lasts, and its callers should soon try another.

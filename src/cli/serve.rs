@@ -9,6 +9,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::NodeConfig;
+use crate::limits;
 use crate::node::Node;
 use crate::service;
 use crate::state_machine::Command;
@@ -49,7 +50,30 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         tls: config.tls.as_ref().map(crate::transport::TlsFiles::server_config).transpose()?,
         token: config.token()?,
     };
-    service::serve(node.clone(), listener, security, shutdown_signal()).await.context("gRPC server failed")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_requested = |mut stop_rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let serving = service::serve(node.clone(), listener, security, stop_requested(stop_rx.clone()));
+    // tonic's graceful shutdown waits for every call in flight, however long;
+    // one stuck call (a client that never finishes its request, a read
+    // waiting on a partition) would keep a stopping leader half alive:
+    // heartbeating, so nobody elects, but refusing every new call.
+    let drain_bound = async {
+        stop_requested(stop_rx).await;
+        tokio::time::sleep(limits::SHUTDOWN_DRAIN_MAX).await;
+    };
+    tokio::select! {
+        served = serving => served.context("gRPC server failed")?,
+        () = drain_bound => tracing::warn!(
+            drain_max_ms = limits::SHUTDOWN_DRAIN_MAX.as_millis() as u64,
+            "calls still in flight after the drain bound; stopping without them"
+        ),
+    }
     tracing::info!(node_id = config.node_id, "shutting down");
     node.shutdown().await;
     Ok(())

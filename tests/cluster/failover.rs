@@ -116,3 +116,42 @@ async fn follower_stopped_mid_stream_restarts_with_everything() {
     cluster.wait_for_leader(LEADER_TIMEOUT).await;
     ledger.verify(&cluster.client()).await;
 }
+
+/// Opens a `GetRunners` call to `address` that never sends its request
+/// message: the server waits for it for as long as the connection lives.
+/// Returns what keeps the call open.
+async fn stuck_call(address: &str) -> impl Sized {
+    let tcp = tokio::net::TcpStream::connect(address).await.expect("connect to the node");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("HTTP/2 connection ready");
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{address}/runner_storage.v1.RunnerStorage/GetRunners"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("a valid request");
+    let (_response, body) = client.send_request(request, false).expect("the call is sent");
+    (client, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_exits_despite_a_stuck_call_and_the_others_take_over() {
+    let mut cluster = TestCluster::start(3);
+    let old_leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let _stuck = stuck_call(&cluster.address(old_leader)).await;
+    // Before the drain bound, the stopping leader waited for this call
+    // forever: heartbeating, so no one else was elected, and refusing
+    // every new call. `stop` fails the test if it is not gone in 10 s.
+    let stop = tokio::task::spawn_blocking(move || {
+        cluster.stop(old_leader);
+        cluster
+    });
+    let cluster = stop.await.expect("the leader stopped after SIGTERM");
+    let new_leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    assert_ne!(new_leader, old_leader, "another node leads");
+    let client = cluster.client();
+    let address = "stuck-call:1";
+    client.register(address, &runner_json("stuck-call", 1), true).await.expect("a write after the leader stopped");
+}
