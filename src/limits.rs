@@ -139,6 +139,10 @@ pub const LEADER_WAIT_MAX: std::time::Duration = std::time::Duration::from_milli
 /// other node takes over until it is gone.
 pub const SHUTDOWN_DRAIN_MAX: std::time::Duration = std::time::Duration::from_millis(1_000);
 
+/// Longest a stopping node waits for Raft to stop and sled's final flush
+/// after the drain; then it exits anyway (acknowledged writes are on disk).
+pub const SHUTDOWN_RAFT_MAX: std::time::Duration = std::time::Duration::from_millis(2_000);
+
 /// Longest a node holds a call while it knows no leader at all. Shorter than
 /// [`LEADER_WAIT_MAX`]: a node cut off from the others knows no leader for
 /// as long as the partition lasts, and its callers should soon try another.

@@ -75,7 +75,15 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         ),
     }
     tracing::info!(node_id = config.node_id, "shutting down");
-    node.shutdown().await;
+    // Bounded too: a replication task stuck in a call to an unreachable peer
+    // must not keep the process (and its port and data dir) alive. Every
+    // acknowledged write is already on disk; the final flush is a courtesy.
+    if tokio::time::timeout(limits::SHUTDOWN_RAFT_MAX, node.shutdown()).await.is_err() {
+        tracing::warn!(
+            shutdown_max_ms = limits::SHUTDOWN_RAFT_MAX.as_millis() as u64,
+            "Raft did not stop in time; exiting without waiting for it"
+        );
+    }
     Ok(())
 }
 
