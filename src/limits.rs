@@ -119,6 +119,16 @@ const _: () =
 /// up; a refused connect on a dead peer costs next to nothing.
 pub const PEER_UNREACHABLE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Log entries a node keeps decoded in memory after appending them
+/// (`raft::recent_entries`), so that replicating and applying them reads no
+/// sled page and decodes nothing. Followers trail by a few entries and apply
+/// follows commit closely; a peer further behind reads from sled.
+pub const RECENT_ENTRIES_MAX: usize = 512;
+
+/// Encoded bytes of log entries kept decoded in memory (their decoded form
+/// takes a few times more); the latest entry is kept even when it alone is more.
+pub const RECENT_ENTRIES_BYTES_MAX: usize = 2 * 1024 * 1024;
+
 /// sled's page cache (its default is 1 GiB). The state lives in memory
 /// anyway; sled holds the log tail and the latest snapshot, so a small
 /// cache keeps a node's memory bounded without slowing the hot path, which

@@ -97,7 +97,7 @@ async fn run(raft: Raft, mut queue: mpsc::Receiver<Pending>) {
 async fn propose_batch(raft: &Raft, batch: Vec<Pending>) {
     use openraft::error::{ClientWriteError, RaftError};
     let (envelopes, replies): (Vec<Envelope>, Vec<_>) = batch.into_iter().map(|p| (p.envelope, p.reply)).unzip();
-    let written = tokio::time::timeout(crate::node::RAFT_CALL_TIMEOUT, raft.client_write(envelopes)).await;
+    let written = tokio::time::timeout(crate::node::RAFT_CALL_TIMEOUT, raft.client_write(envelopes.into())).await;
     let outcome = match written {
         Ok(Ok(response)) if response.data.len() == replies.len() => {
             for (reply, answer) in replies.into_iter().zip(response.data) {

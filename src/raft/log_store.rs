@@ -7,16 +7,21 @@
 //! flushes once for every callback waiting: group commit, one fsync per
 //! batch however many appends arrived while the previous fsync ran. The
 //! vote is flushed before `save_vote` returns.
+//!
+//! Reads: every appended entry is also kept decoded in a bounded in-memory
+//! tail ([`RecentEntries`]), which serves openraft's reads of it (for
+//! replication and for applying) without touching sled.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, LogId, OptionalSend, StorageError, StorageIOError, Vote};
 use tokio::sync::mpsc;
 
+use super::recent_entries::RecentEntries;
 use super::sled_schema::{self as schema, decode, encode};
 use super::{NodeId, TypeConfig};
 use crate::limits;
@@ -43,6 +48,8 @@ pub struct LogStore {
     flush_requests: mpsc::Sender<LogFlushed<TypeConfig>>,
     committed_index: Arc<AtomicU64>,
     flush_stats: Arc<FlushStats>,
+    /// The log's tail, decoded: what openraft reads back is served from here.
+    recent: Arc<Mutex<RecentEntries>>,
 }
 
 impl LogStore {
@@ -62,7 +69,8 @@ impl LogStore {
             .spawn(move || run_flusher(&flusher_db, flush_queue, &flusher_stats))
             .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
         let committed_index = Arc::new(AtomicU64::new(0));
-        let store = LogStore { db: db.clone(), logs, meta, flush_requests, committed_index, flush_stats };
+        let recent = Arc::default();
+        let store = LogStore { db: db.clone(), logs, meta, flush_requests, committed_index, flush_stats, recent };
         let committed = store.read_meta::<Option<LogId<NodeId>>>(schema::COMMITTED_KEY)?.flatten();
         store.committed_index.store(committed.map_or(0, |log_id| log_id.index), Ordering::Relaxed);
         Ok(store)
@@ -83,6 +91,10 @@ impl LogStore {
         self.db.size_on_disk().unwrap_or(0)
     }
 
+    fn recent(&self) -> MutexGuard<'_, RecentEntries> {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
         let bytes = self.meta.get(key).map_err(|e| meta_error(key, ErrorVerb::Read, &e))?;
         bytes.map(|bytes| decode(&bytes).map_err(|e| meta_error(key, ErrorVerb::Read, &e))).transpose()
@@ -98,6 +110,19 @@ impl LogStore {
         self.meta.insert(key, bytes).map_err(|e| meta_error(key, ErrorVerb::Write, &e))?;
         if flush {
             self.db.flush_async().await.map_err(|e| meta_error(key, ErrorVerb::Write, &e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `entries` to the log tree (unflushed) and to the in-memory tail.
+    fn insert_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), StorageError<NodeId>> {
+        for entry in entries {
+            let bytes = encode(&entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, AnyError::new(&e)))?;
+            let encoded_bytes = bytes.len();
+            self.logs
+                .insert(schema::index_key(entry.log_id.index), bytes)
+                .map_err(|e| StorageIOError::write_log_entry(entry.log_id, AnyError::new(&e)))?;
+            self.recent().push(entry, encoded_bytes);
         }
         Ok(())
     }
@@ -176,6 +201,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        if let Some(entries) = self.recent().get(&range) {
+            return Ok(entries);
+        }
         let mut entries = Vec::new();
         for item in self.logs.range(key_range(range)) {
             let (_, bytes) = item.map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?;
@@ -230,12 +258,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // sync_file_range calls on the core's path), and Raft needs no more
         // than what sled's log order already gives: after a crash, a prefix
         // of these entries survives, and none is acknowledged before the flush.
-        for entry in entries {
-            let bytes = encode(&entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, AnyError::new(&e)))?;
-            self.logs
-                .insert(schema::index_key(entry.log_id.index), bytes)
-                .map_err(|e| StorageIOError::write_log_entry(entry.log_id, AnyError::new(&e)))?;
-        }
+        self.insert_entries(entries)?;
         self.flush_requests
             .send(callback)
             .await
@@ -244,6 +267,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.recent().truncate_from(log_id.index);
         self.remove_range(log_id.index..)?;
         self.db.flush_async().await.map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
         Ok(())
@@ -253,6 +277,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Record the purge point first: entries below it are ignored from
         // then on, so they may go later, or survive a crash, harmlessly.
         self.write_meta(schema::LAST_PURGED_KEY, &log_id, true).await?;
+        self.recent().purge_upto(log_id.index);
         // Then remove them one by one on a blocking thread. A sled batch of
         // thousands of removes would hold sled's global write lock all along,
         // stalling this node's appends past openraft's replication timeout:
@@ -269,5 +294,92 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::{StoreBuilder, Suite};
+
+    use super::*;
+    use crate::raft::sm_store::StateMachineStore;
+    use crate::state_machine::State;
+
+    struct TemporarySled;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, sled::Db> for TemporarySled {
+        async fn build(&self) -> Result<(sled::Db, LogStore, StateMachineStore), StorageError<NodeId>> {
+            let db = sled::Config::new().temporary(true).open().expect("a temporary sled database");
+            let log = LogStore::open(&db)?;
+            let state_machine = StateMachineStore::open(&db, State::default())?;
+            Ok((db, log, state_machine))
+        }
+    }
+
+    /// The log storage tests of openraft's own conformance suite. (Its
+    /// state machine tests apply entries with gaps between their indexes,
+    /// which our state machine refuses on purpose.)
+    #[tokio::test]
+    async fn passes_openraft_log_storage_tests() {
+        type Tests = Suite<TypeConfig, LogStore, StateMachineStore, TemporarySled, sled::Db>;
+        macro_rules! run {
+            ($($test:ident),* $(,)?) => {$(
+                let (_db, log, state_machine) = TemporarySled.build().await.unwrap();
+                Tests::$test(log, state_machine).await.unwrap_or_else(|e| panic!("{}: {e}", stringify!($test)));
+            )*};
+        }
+        run!(
+            save_vote,
+            get_log_entries,
+            limited_get_log_entries,
+            try_get_log_entry,
+            initial_logs,
+            get_log_state,
+            get_log_id,
+            last_id_in_log,
+            purge_logs_upto_0,
+            purge_logs_upto_5,
+            purge_logs_upto_20,
+            delete_logs_since_11,
+            delete_logs_since_0,
+            append_to_log,
+        );
+    }
+
+    /// What the in-memory tail serves is what sled holds: the same reads
+    /// through a store reopened on the same database (empty tail) agree.
+    #[tokio::test]
+    async fn the_tail_and_sled_agree_after_appends_truncation_and_purge() {
+        use crate::state_machine::{Command, Envelope};
+        use openraft::{CommittedLeaderId, EntryPayload};
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let mut log = LogStore::open(&db).unwrap();
+        let entry = |term: u64, index: u64| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(
+                vec![Envelope {
+                    time_ms: index,
+                    request_id: None,
+                    command: Command::Release { address: format!("h:{term}"), shard_id: format!("g:{index}") },
+                }]
+                .into(),
+            ),
+        };
+        log.insert_entries((1..=20).map(|index| entry(1, index))).unwrap();
+        log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 15)).await.unwrap();
+        log.insert_entries((15..=18).map(|index| entry(2, index))).unwrap();
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 5)).await.unwrap();
+        let mut reopened = LogStore::open(&db).unwrap();
+        for range in [6..19, 10..12, 15..19, 18..19] {
+            let from_tail = log.try_get_log_entries(range.clone()).await.unwrap();
+            assert!(log.recent().get(&range).is_some(), "{range:?} is served from the tail");
+            let from_sled = reopened.try_get_log_entries(range.clone()).await.unwrap();
+            assert_eq!(from_tail, from_sled, "{range:?}");
+        }
+        let open_ended = log.try_get_log_entries(16..).await.unwrap();
+        assert_eq!(
+            open_ended.iter().map(|e| (e.log_id.leader_id.term, e.log_id.index)).collect::<Vec<_>>(),
+            [(2, 16), (2, 17), (2, 18)]
+        );
     }
 }

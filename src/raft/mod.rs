@@ -11,6 +11,7 @@
 pub mod election;
 pub mod log_store;
 pub mod network;
+pub mod recent_entries;
 pub mod server;
 pub mod sled_schema;
 pub mod sm_store;
@@ -20,8 +21,10 @@ use crate::state_machine::{Envelope, Reply};
 openraft::declare_raft_types!(
     /// openraft's type configuration for runner-storage: a log entry carries
     /// a batch of [`Envelope`]s and applying it yields one [`Reply`] each.
+    /// The batch is shared (`Arc`), so the log store's in-memory tail hands
+    /// out entries without copying them; it encodes exactly as a `Vec` would.
     pub TypeConfig:
-        D = Vec<Envelope>,
+        D = std::sync::Arc<[Envelope]>,
         R = Vec<Reply>,
         NodeId = u64,
         Node = openraft::BasicNode,

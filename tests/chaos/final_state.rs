@@ -51,7 +51,7 @@ async fn state_at(data_dir: &Path, index: u64) -> Result<State, String> {
             return Err(format!("log entry {} where {want} was expected", entry.log_id.index));
         }
         if let EntryPayload::Normal(envelopes) = &entry.payload {
-            for envelope in envelopes {
+            for envelope in envelopes.iter() {
                 state.apply(envelope);
             }
         }
