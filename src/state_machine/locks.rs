@@ -3,13 +3,31 @@
 use super::{HashSet, LockRecord, State};
 use crate::error::Result;
 
-/// `shard_ids` without repeats, first occurrence first. One-element lists
-/// (the common case) skip the set.
+/// `shard_ids` without repeats, first occurrence first. Calls carry few ids
+/// (1 for an acquire, 10 for a refresh): up to [`DISTINCT_SCAN_MAX`] of them,
+/// comparing with the ones before costs less than building a set; longer
+/// lists use a set sized once.
 fn distinct(shard_ids: &[String]) -> impl Iterator<Item = &String> {
-    let mut seen: HashSet<&str> = HashSet::default();
-    let single = shard_ids.len() <= 1;
-    shard_ids.iter().filter(move |shard_id| single || seen.insert(shard_id.as_str()))
+    let scan = shard_ids.len() <= DISTINCT_SCAN_MAX;
+    let mut seen: HashSet<&str> =
+        if scan { HashSet::default() } else { HashSet::with_capacity_and_hasher(shard_ids.len(), Default::default()) };
+    shard_ids
+        .iter()
+        .enumerate()
+        .filter(
+            move |(position, shard_id)| {
+                if scan {
+                    !shard_ids[..*position].contains(shard_id)
+                } else {
+                    seen.insert(shard_id.as_str())
+                }
+            },
+        )
+        .map(|(_, shard_id)| shard_id)
 }
+
+/// Longest id list [`distinct`] scans instead of hashing.
+const DISTINCT_SCAN_MAX: usize = 16;
 
 impl State {
     /// Takes each listed shard that is free, already this address's, or whose
@@ -83,6 +101,26 @@ impl State {
             if shard_ids.is_empty() {
                 self.locks_by_address.remove(address);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distinct_keeps_first_occurrences_whether_it_scans_or_hashes() {
+        for len in [0, 1, 2, 10, DISTINCT_SCAN_MAX, DISTINCT_SCAN_MAX + 1, 100] {
+            // Every third id repeats an earlier one.
+            let ids: Vec<String> = (0..len).map(|i| format!("g:{}", if i % 3 == 2 { i / 2 } else { i })).collect();
+            let mut expected: Vec<&String> = Vec::new();
+            for id in &ids {
+                if !expected.contains(&id) {
+                    expected.push(id);
+                }
+            }
+            assert_eq!(distinct(&ids).collect::<Vec<_>>(), expected, "{len} ids");
         }
     }
 }
