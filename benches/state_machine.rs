@@ -17,7 +17,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use runner_storage::model::RequestId;
-use runner_storage::state_machine::{Caps, Command, Envelope, Reply, State};
+use runner_storage::state_machine::{Caps, Command, Envelope, Reply, ShardIdText, State};
 
 /// Runs of each measurement; the median is reported.
 const RUNS: usize = 3;
@@ -113,7 +113,7 @@ fn classify(successes: &[bool]) -> AcquireOutcomes {
 }
 
 /// Applies the million acquires; returns the time spent in `apply` and which succeeded.
-fn run_acquires(addresses: &[String], shard_ids: &[String]) -> (Duration, Vec<bool>) {
+fn run_acquires(addresses: &[String], shard_ids: &[ShardIdText]) -> (Duration, Vec<bool>) {
     let mut state = State::new(ACQUIRE_LOCK_EXPIRATION_MS);
     let mut elapsed = Duration::ZERO;
     let mut successes = Vec::with_capacity(ACQUIRES);
@@ -141,7 +141,7 @@ fn run_acquires(addresses: &[String], shard_ids: &[String]) -> (Duration, Vec<bo
 
 fn bench_acquire() {
     let addresses: Vec<String> = (0..ACQUIRE_RUNNERS).map(address).collect();
-    let shard_ids: Vec<String> = (0..ACQUIRE_SHARDS).map(|shard| format!("default:{shard}")).collect();
+    let shard_ids: Vec<ShardIdText> = (0..ACQUIRE_SHARDS).map(|shard| format!("default:{shard}").into()).collect();
     let mut successes = Vec::new();
     let samples = (0..RUNS)
         .map(|_| {
@@ -259,7 +259,7 @@ fn bench_snapshot() {
     let mut state = State::new(LOCK_EXPIRATION_MS);
     for runner in 0..SNAPSHOT_RUNNERS {
         register(&mut state, runner, 0);
-        let shard_ids = (0..SNAPSHOT_LOCKS_PER_RUNNER).map(|i| format!("default:{}", runner * 3 + i)).collect();
+        let shard_ids = (0..SNAPSHOT_LOCKS_PER_RUNNER).map(|i| format!("default:{}", runner * 3 + i).into()).collect();
         let command = Command::Acquire { address: address(runner), shard_ids };
         state.apply(&Envelope { time_ms: 0, request_id: None, command });
     }

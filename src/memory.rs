@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use crate::clock::wall_clock_ms;
 use crate::error::{Error, Result};
 use crate::interface::Encoded;
-use crate::state_machine::{Command, Envelope, Reply, State};
+use crate::state_machine::{shard_id_texts, Command, Envelope, Reply, State};
 
 /// The state machine in process memory, stamped with the local clock.
 #[derive(Debug)]
@@ -74,7 +74,7 @@ pub(crate) mod replies {
 
     pub(crate) fn shard_ids(reply: Reply) -> Result<Vec<String>> {
         match reply {
-            Reply::ShardIds(ids) => Ok(ids),
+            Reply::ShardIds(ids) => Ok(ids.into_iter().map(String::from).collect()),
             other => Err(unexpected(other)),
         }
     }
@@ -110,11 +110,15 @@ impl Encoded for MemoryRunnerStorage {
     }
 
     async fn acquire(&self, address: &str, shard_ids: &[String]) -> Result<Vec<String>> {
-        replies::shard_ids(self.write(Command::Acquire { address: address.into(), shard_ids: shard_ids.to_vec() })?)
+        replies::shard_ids(
+            self.write(Command::Acquire { address: address.into(), shard_ids: shard_id_texts(shard_ids) })?,
+        )
     }
 
     async fn refresh(&self, address: &str, shard_ids: &[String]) -> Result<Vec<String>> {
-        replies::shard_ids(self.write(Command::Refresh { address: address.into(), shard_ids: shard_ids.to_vec() })?)
+        replies::shard_ids(
+            self.write(Command::Refresh { address: address.into(), shard_ids: shard_id_texts(shard_ids) })?,
+        )
     }
 
     async fn release(&self, address: &str, shard_id: &str) -> Result<()> {

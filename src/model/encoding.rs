@@ -128,7 +128,7 @@ pub fn validate_address(address: &str) -> Result<()> {
 /// # Errors
 /// [`Error::InvalidArgument`] when `require_non_empty` and the list is empty,
 /// when it has more than 10,000 ids, or when an id is malformed.
-pub fn validate_shard_ids(shard_ids: &[String], require_non_empty: bool) -> Result<()> {
+pub fn validate_shard_ids(shard_ids: &[impl AsRef<str>], require_non_empty: bool) -> Result<()> {
     if require_non_empty && shard_ids.is_empty() {
         return Err(invalid("shard_ids is empty; acquire needs at least one".into()));
     }
@@ -139,7 +139,7 @@ pub fn validate_shard_ids(shard_ids: &[String], require_non_empty: bool) -> Resu
             limits::SHARD_IDS_PER_CALL_MAX
         )));
     }
-    shard_ids.iter().try_for_each(|shard_id| split_shard_id(shard_id).map(|_| ()))
+    shard_ids.iter().try_for_each(|shard_id| split_shard_id(shard_id.as_ref()).map(|_| ()))
 }
 
 /// Checks a runner JSON against the address it is registered under: a JSON

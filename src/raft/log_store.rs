@@ -360,7 +360,7 @@ mod tests {
                 vec![Envelope {
                     time_ms: index,
                     request_id: None,
-                    command: Command::Release { address: format!("h:{term}"), shard_id: format!("g:{index}") },
+                    command: Command::Release { address: format!("h:{term}"), shard_id: format!("g:{index}").into() },
                 }]
                 .into(),
             ),

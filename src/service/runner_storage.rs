@@ -13,7 +13,7 @@ use crate::model::RequestId;
 use crate::node::{CallError, Node};
 use crate::pb::v1 as pb;
 use crate::pb::v1::runner_storage_client::RunnerStorageClient;
-use crate::state_machine::Command;
+use crate::state_machine::{shard_id_texts, Command};
 
 /// The client API service of one node.
 pub struct RunnerStorageService {
@@ -109,7 +109,7 @@ impl pb::runner_storage_server::RunnerStorage for RunnerStorageService {
 
     async fn acquire(&self, request: Request<pb::AcquireRequest>) -> Result<Response<pb::ShardIdsResponse>, Status> {
         let local = |m: pb::AcquireRequest| async move {
-            let command = Command::Acquire { address: m.address, shard_ids: m.shard_ids };
+            let command = Command::Acquire { address: m.address, shard_ids: shard_id_texts(&m.shard_ids) };
             let shard_ids = self.write(m.request_id, command, replies::shard_ids).await?;
             Ok(pb::ShardIdsResponse { shard_ids })
         };
@@ -118,7 +118,7 @@ impl pb::runner_storage_server::RunnerStorage for RunnerStorageService {
 
     async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Result<Response<pb::ShardIdsResponse>, Status> {
         let local = |m: pb::RefreshRequest| async move {
-            let command = Command::Refresh { address: m.address, shard_ids: m.shard_ids };
+            let command = Command::Refresh { address: m.address, shard_ids: shard_id_texts(&m.shard_ids) };
             let shard_ids = self.write(m.request_id, command, replies::shard_ids).await?;
             Ok(pb::ShardIdsResponse { shard_ids })
         };
@@ -127,7 +127,7 @@ impl pb::runner_storage_server::RunnerStorage for RunnerStorageService {
 
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
         let local = |m: pb::ReleaseRequest| async move {
-            let command = Command::Release { address: m.address, shard_id: m.shard_id };
+            let command = Command::Release { address: m.address, shard_id: m.shard_id.into() };
             self.write(m.request_id, command, replies::done).await?;
             Ok(pb::ReleaseResponse {})
         };

@@ -11,6 +11,18 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::model::RequestId;
 
+/// A shard id's string form (`group:id`) as commands and replies carry it.
+/// Ids of up to 23 bytes (nearly all: `default:123` is 11) live inline, so
+/// decoding, cloning and answering them allocates nothing; longer ones share
+/// one heap copy. Encodes and hashes exactly as a `String`, so the log,
+/// snapshots and request fingerprints are unchanged.
+pub type ShardIdText = smol_str::SmolStr;
+
+/// `shard_ids` as commands carry them.
+pub fn shard_id_texts(shard_ids: &[impl AsRef<str>]) -> Vec<ShardIdText> {
+    shard_ids.iter().map(|shard_id| ShardIdText::new(shard_id.as_ref())).collect()
+}
+
 /// One write of the state machine.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Command {
@@ -40,21 +52,21 @@ pub enum Command {
         /// `host:port`.
         address: String,
         /// `group:id` strings, at least one.
-        shard_ids: Vec<String>,
+        shard_ids: Vec<ShardIdText>,
     },
     /// Heartbeat, and renew this address's locks among `shard_ids`.
     Refresh {
         /// `host:port`.
         address: String,
         /// `group:id` strings, possibly none.
-        shard_ids: Vec<String>,
+        shard_ids: Vec<ShardIdText>,
     },
     /// Delete one lock if this address holds its record.
     Release {
         /// `host:port`.
         address: String,
         /// `group:id`.
-        shard_id: String,
+        shard_id: ShardIdText,
     },
     /// Delete every lock record of this address.
     ReleaseAll {
@@ -99,7 +111,7 @@ pub enum Reply {
     /// `register` succeeded with this machine id.
     MachineId(i64),
     /// `acquire`/`refresh` succeeded with these shard ids, in request order.
-    ShardIds(Vec<String>),
+    ShardIds(Vec<ShardIdText>),
     /// The command was refused and changed nothing.
     Rejected {
         /// Which kind of refusal.
@@ -220,5 +232,63 @@ impl std::hash::Hasher for Fnv1a {
 
     fn finish(&self) -> u64 {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    /// `Command` as it was when shard ids were `String`s.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum CommandWithStrings {
+        Register { address: String, runner: String, healthy: bool },
+        Unregister { address: String },
+        SetRunnerHealth { address: String, healthy: bool },
+        Acquire { address: String, shard_ids: Vec<String> },
+        Refresh { address: String, shard_ids: Vec<String> },
+        Release { address: String, shard_id: String },
+    }
+
+    fn commands() -> (Vec<Command>, Vec<CommandWithStrings>) {
+        let long = "a-group-name-longer-than-23-bytes:12345";
+        let new = vec![
+            Command::Acquire { address: "host:1".into(), shard_ids: vec!["default:1".into()] },
+            Command::Refresh { address: "host:1".into(), shard_ids: vec!["default:1".into(), "g:22".into(), long.into()] },
+            Command::Release { address: "host:1".into(), shard_id: "default:7".into() },
+        ];
+        let old = vec![
+            CommandWithStrings::Acquire { address: "host:1".into(), shard_ids: vec!["default:1".into()] },
+            CommandWithStrings::Refresh {
+                address: "host:1".into(),
+                shard_ids: vec!["default:1".into(), "g:22".into(), long.into()],
+            },
+            CommandWithStrings::Release { address: "host:1".into(), shard_id: "default:7".into() },
+        ];
+        (new, old)
+    }
+
+    #[test]
+    fn compact_shard_ids_encode_exactly_as_strings_did() {
+        let (new, old) = commands();
+        for (new, old) in new.iter().zip(&old) {
+            let bytes = postcard::to_allocvec(new).unwrap();
+            assert_eq!(bytes, postcard::to_allocvec(old).unwrap(), "{new:?}");
+            assert_eq!(&postcard::from_bytes::<Command>(&bytes).unwrap(), new);
+        }
+    }
+
+    #[test]
+    fn fingerprints_are_those_of_the_string_era() {
+        // Computed with `shard_ids: Vec<String>`: answers remembered before the
+        // change must still match the same request after it.
+        let (new, _) = commands();
+        let short_refresh =
+            Command::Refresh { address: "host:1".into(), shard_ids: vec!["default:1".into(), "g:22".into()] };
+        assert_eq!(short_refresh.fingerprint(), 0x689a_e06d_a2d7_dfb2);
+        assert_eq!(new[0].fingerprint(), 0x17eb_fe15_c1a0_0e46);
+        assert_eq!(new[2].fingerprint(), 0x723c_6035_70b0_a137);
     }
 }

@@ -1,13 +1,13 @@
 //! The shard lock table: acquire, refresh and release.
 
-use super::{HashSet, LockRecord, State};
+use super::{HashSet, LockRecord, ShardIdText, State};
 use crate::error::Result;
 
 /// `shard_ids` without repeats, first occurrence first. Calls carry few ids
 /// (1 for an acquire, 10 for a refresh): up to [`DISTINCT_SCAN_MAX`] of them,
 /// comparing with the ones before costs less than building a set; longer
 /// lists use a set sized once.
-fn distinct(shard_ids: &[String]) -> impl Iterator<Item = &String> {
+fn distinct(shard_ids: &[ShardIdText]) -> impl Iterator<Item = &ShardIdText> {
     let scan = shard_ids.len() <= DISTINCT_SCAN_MAX;
     let mut seen: HashSet<&str> =
         if scan { HashSet::default() } else { HashSet::with_capacity_and_hasher(shard_ids.len(), Default::default()) };
@@ -33,15 +33,15 @@ impl State {
     /// Takes each listed shard that is free, already this address's, or whose
     /// lock expired, stamping it `{address, now}`. Returns the listed shards
     /// now held by `address`, in request order, without repeats.
-    pub(super) fn acquire(&mut self, address: &str, shard_ids: &[String]) -> Result<Vec<String>> {
-        let new_records = distinct(shard_ids).filter(|shard_id| !self.locks.contains_key(*shard_id)).count();
+    pub(super) fn acquire(&mut self, address: &str, shard_ids: &[ShardIdText]) -> Result<Vec<ShardIdText>> {
+        let new_records = distinct(shard_ids).filter(|shard_id| !self.locks.contains_key(shard_id.as_str())).count();
         if self.locks.len() + new_records > self.caps.locks_max {
             return Err(State::cap_error("acquiring these shards", self.caps.locks_max));
         }
         let now_ms = self.now_ms;
         let mut acquired = Vec::with_capacity(shard_ids.len());
         for shard_id in distinct(shard_ids) {
-            let previous_holder = match self.locks.get(shard_id) {
+            let previous_holder = match self.locks.get(shard_id.as_str()) {
                 None => None,
                 Some(record) if record.address == address => None,
                 Some(record) if !self.is_held(record, now_ms) => Some(record.address.clone()),
@@ -51,8 +51,8 @@ impl State {
                 self.unindex_lock(&previous_holder, shard_id);
             }
             let record = LockRecord { address: address.to_owned(), acquired_at_ms: now_ms };
-            self.locks.insert(shard_id.clone(), record);
-            self.locks_by_address.entry(address.to_owned()).or_default().insert(shard_id.clone());
+            self.locks.insert(shard_id.to_string(), record);
+            self.locks_by_address.entry(address.to_owned()).or_default().insert(shard_id.to_string());
             acquired.push(shard_id.clone());
         }
         Ok(acquired)
@@ -61,12 +61,12 @@ impl State {
     /// Heartbeat for the runner, and `acquired_at = now` for each listed
     /// shard whose record is this address's, even if it had expired. Returns
     /// those shards in request order, without repeats.
-    pub(super) fn refresh(&mut self, address: &str, shard_ids: &[String]) -> Vec<String> {
+    pub(super) fn refresh(&mut self, address: &str, shard_ids: &[ShardIdText]) -> Vec<ShardIdText> {
         self.heartbeat(address);
         let now_ms = self.now_ms;
         let mut refreshed = Vec::with_capacity(shard_ids.len());
         for shard_id in distinct(shard_ids) {
-            if let Some(record) = self.locks.get_mut(shard_id) {
+            if let Some(record) = self.locks.get_mut(shard_id.as_str()) {
                 if record.address == address {
                     record.acquired_at_ms = now_ms;
                     refreshed.push(shard_id.clone());
@@ -113,8 +113,9 @@ mod tests {
     fn distinct_keeps_first_occurrences_whether_it_scans_or_hashes() {
         for len in [0, 1, 2, 10, DISTINCT_SCAN_MAX, DISTINCT_SCAN_MAX + 1, 100] {
             // Every third id repeats an earlier one.
-            let ids: Vec<String> = (0..len).map(|i| format!("g:{}", if i % 3 == 2 { i / 2 } else { i })).collect();
-            let mut expected: Vec<&String> = Vec::new();
+            let ids: Vec<ShardIdText> =
+                (0..len).map(|i| format!("g:{}", if i % 3 == 2 { i / 2 } else { i }).into()).collect();
+            let mut expected: Vec<&ShardIdText> = Vec::new();
             for id in &ids {
                 if !expected.contains(&id) {
                     expected.push(id);

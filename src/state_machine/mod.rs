@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use command::{Command, Envelope, RejectionKind, Reply};
+pub use command::{shard_id_texts, Command, Envelope, RejectionKind, Reply, ShardIdText};
 
 use crate::error::Error;
 use crate::limits;

@@ -149,8 +149,8 @@ fn set_health(address: &str, healthy: bool) -> Command {
     Command::SetRunnerHealth { address: address.into(), healthy }
 }
 
-fn strings(shard_ids: &[&str]) -> Vec<String> {
-    shard_ids.iter().map(|s| s.to_string()).collect()
+fn strings(shard_ids: &[&str]) -> Vec<ShardIdText> {
+    shard_id_texts(shard_ids)
 }
 
 fn acquire(address: &str, shard_ids: &[&str]) -> Command {
@@ -654,7 +654,7 @@ fn out_of_order_sequences_are_each_applied_once() {
 fn sequence_older_than_a_full_table_is_refused() {
     let full = limits::DEDUP_SEQUENCES_PER_CLIENT_MAX as u64;
     let acquire_own =
-        |sequence: u64| Command::Acquire { address: "a:1".into(), shard_ids: vec![format!("g:{sequence}")] };
+        |sequence: u64| Command::Acquire { address: "a:1".into(), shard_ids: vec![format!("g:{sequence}").into()] };
     let mut steps: Vec<Step> = (1..=full)
         .map(|sequence| ok(with_request(0, "c", sequence, acquire_own(sequence)), shards(&[&format!("g:{sequence}")])))
         .collect();
@@ -825,8 +825,8 @@ fn malformed_shard_ids_are_refused_naming_shard_id() {
 #[test]
 fn shard_id_lists_are_bounded_and_acquire_needs_one() {
     let max = limits::SHARD_IDS_PER_CALL_MAX;
-    let too_many: Vec<String> = (0..=max).map(|i| format!("g:{i}")).collect();
-    let most: Vec<String> = too_many[..max].to_vec();
+    let too_many: Vec<ShardIdText> = (0..=max).map(|i| format!("g:{i}").into()).collect();
+    let most: Vec<ShardIdText> = too_many[..max].to_vec();
     let steps = vec![
         invalid(at(0, acquire("a:1", &[])), "shard_ids"),
         invalid(at(0, Command::Acquire { address: "a:1".into(), shard_ids: too_many.clone() }), "shard_ids"),
@@ -860,7 +860,7 @@ mod reference {
 
     #[derive(Debug, Clone)]
     pub struct Lock {
-        pub shard_id: String,
+        pub shard_id: ShardIdText,
         pub address: String,
         pub acquired_at_ms: u64,
     }
@@ -891,13 +891,13 @@ mod reference {
         VALID_ADDRESSES.contains(&address)
     }
 
-    fn valid_shards(shard_ids: &[String]) -> bool {
+    fn valid_shards(shard_ids: &[ShardIdText]) -> bool {
         shard_ids.iter().all(|s| VALID_SHARDS.contains(&s.as_str()))
     }
 
     /// Repeats dropped, first occurrence kept.
-    fn distinct(shard_ids: &[String]) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
+    fn distinct(shard_ids: &[ShardIdText]) -> Vec<ShardIdText> {
+        let mut out: Vec<ShardIdText> = Vec::new();
         for shard_id in shard_ids {
             if !out.contains(shard_id) {
                 out.push(shard_id.clone());
@@ -1033,7 +1033,7 @@ mod reference {
             Reply::MachineId(machine_id)
         }
 
-        fn acquire(&mut self, address: &str, shard_ids: &[String]) -> Reply {
+        fn acquire(&mut self, address: &str, shard_ids: &[ShardIdText]) -> Reply {
             let shard_ids = distinct(shard_ids);
             let new_records = shard_ids.iter().filter(|s| !self.locks.iter().any(|l| l.shard_id == **s)).count();
             if self.locks.len() + new_records > self.caps.locks_max {
@@ -1056,7 +1056,7 @@ mod reference {
             Reply::ShardIds(acquired)
         }
 
-        fn refresh(&mut self, address: &str, shard_ids: &[String]) -> Reply {
+        fn refresh(&mut self, address: &str, shard_ids: &[ShardIdText]) -> Reply {
             let now_ms = self.now_ms;
             for runner in self.runners.iter_mut().filter(|r| r.address == address) {
                 runner.heartbeat_ms = now_ms;
@@ -1112,7 +1112,7 @@ fn runner_strategy(address: String) -> impl Strategy<Value = String> {
 }
 
 fn command_strategy() -> impl Strategy<Value = Command> {
-    let shard_ids = || prop::collection::vec(shard_strategy(), 0..4);
+    let shard_ids = || prop::collection::vec(shard_strategy().prop_map(ShardIdText::from), 0..4);
     prop_oneof![
         4 => (address_strategy(), any::<bool>()).prop_flat_map(|(address, healthy)| {
             runner_strategy(address.clone())
@@ -1122,7 +1122,7 @@ fn command_strategy() -> impl Strategy<Value = Command> {
         1 => (address_strategy(), any::<bool>()).prop_map(|(address, healthy)| Command::SetRunnerHealth { address, healthy }),
         5 => (address_strategy(), shard_ids()).prop_map(|(address, shard_ids)| Command::Acquire { address, shard_ids }),
         3 => (address_strategy(), shard_ids()).prop_map(|(address, shard_ids)| Command::Refresh { address, shard_ids }),
-        2 => (address_strategy(), shard_strategy()).prop_map(|(address, shard_id)| Command::Release { address, shard_id }),
+        2 => (address_strategy(), shard_strategy()).prop_map(|(address, shard_id)| Command::Release { address, shard_id: shard_id.into() }),
         1 => address_strategy().prop_map(|address| Command::ReleaseAll { address }),
         1 => prop_oneof![Just(0u64), 200..3_000u64].prop_map(|lock_expiration_ms| Command::SetLockExpiration { lock_expiration_ms }),
     ]
@@ -1186,7 +1186,7 @@ fn assert_same_as_reference(index: usize, state: &State, reference: &Reference) 
     let locks: BTreeMap<_, _> =
         state.locks().iter().map(|(s, l)| (s.clone(), (l.address.clone(), l.acquired_at_ms))).collect();
     let expected: BTreeMap<_, _> =
-        reference.locks.iter().map(|l| (l.shard_id.clone(), (l.address.clone(), l.acquired_at_ms))).collect();
+        reference.locks.iter().map(|l| (l.shard_id.to_string(), (l.address.clone(), l.acquired_at_ms))).collect();
     assert_eq!(locks, expected, "op {index}: lock records");
     assert_eq!(state.dedup_sizes(), reference.dedup_sizes(), "op {index}: dedup sizes");
     let e = reference.lock_expiration_ms;
@@ -1253,7 +1253,7 @@ proptest! {
 fn answer_bytes_are_bounded_forgetting_the_least_recently_seen_clients() {
     // Every answer lists the same 10,000 shard ids (~300 KB counted), so
     // ~110 clients pass the byte bound long before the client bound.
-    let shard_ids: Vec<String> = (0..limits::SHARD_IDS_PER_CALL_MAX).map(|i| format!("g:{i}")).collect();
+    let shard_ids: Vec<ShardIdText> = (0..limits::SHARD_IDS_PER_CALL_MAX).map(|i| format!("g:{i}").into()).collect();
     let big = || Command::Acquire { address: "a:1".into(), shard_ids: shard_ids.clone() };
     let mut state = State::new(limits::LOCK_EXPIRATION_MS_DEFAULT);
     let clients = 200u64;
@@ -1282,7 +1282,7 @@ fn answer_bytes_are_bounded_forgetting_the_least_recently_seen_clients() {
 fn the_byte_bound_never_forgets_the_client_just_seen() {
     // All in the same millisecond, in descending id order: the client just
     // seen sorts first among equals in the eviction order.
-    let shard_ids: Vec<String> = (0..limits::SHARD_IDS_PER_CALL_MAX).map(|i| format!("g:{i}")).collect();
+    let shard_ids: Vec<ShardIdText> = (0..limits::SHARD_IDS_PER_CALL_MAX).map(|i| format!("g:{i}").into()).collect();
     let mut state = State::new(limits::LOCK_EXPIRATION_MS_DEFAULT);
     for client in (0..150u64).rev() {
         let command = Command::Acquire { address: "a:1".into(), shard_ids: shard_ids.clone() };
