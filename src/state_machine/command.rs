@@ -256,7 +256,10 @@ mod tests {
         let long = "a-group-name-longer-than-23-bytes:12345";
         let new = vec![
             Command::Acquire { address: "host:1".into(), shard_ids: vec!["default:1".into()] },
-            Command::Refresh { address: "host:1".into(), shard_ids: vec!["default:1".into(), "g:22".into(), long.into()] },
+            Command::Refresh {
+                address: "host:1".into(),
+                shard_ids: vec!["default:1".into(), "g:22".into(), long.into()],
+            },
             Command::Release { address: "host:1".into(), shard_id: "default:7".into() },
         ];
         let old = vec![
