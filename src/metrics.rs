@@ -90,6 +90,9 @@ struct RaftGauges {
     runner_records: Gauge,
     held_locks: Gauge,
     lock_records: Gauge,
+    dedup_clients: Gauge,
+    dedup_answers: Gauge,
+    dedup_bytes: Gauge,
     log_flushes: Gauge,
     log_flushed_appends: Gauge,
     log_flush_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -118,7 +121,7 @@ impl Metrics {
         registry.register("call_seconds", "Latency of client calls, by call", call_seconds.clone());
         registry.register("errors", "Client calls that failed, by call and gRPC code", errors.clone());
         let raft = RaftGauges::default();
-        let gauges: [(&str, &str, &Gauge); 15] = [
+        let gauges: [(&str, &str, &Gauge); 18] = [
             ("raft_role", "1 leader, 2 follower, 3 candidate, 4 learner, 0 shut down", &raft.role),
             ("raft_term", "Current Raft term", &raft.term),
             ("raft_leader_id", "Known leader's node id, 0 when none", &raft.leader_id),
@@ -134,6 +137,9 @@ impl Metrics {
             ("runner_records", "Runner records, live or not", &raft.runner_records),
             ("held_locks", "Shard locks within the lock expiration", &raft.held_locks),
             ("lock_records", "Shard lock records, held or expired", &raft.lock_records),
+            ("dedup_clients", "Clients whose write answers are remembered for retries", &raft.dedup_clients),
+            ("dedup_answers", "Write answers remembered for retries", &raft.dedup_answers),
+            ("dedup_bytes", "Bytes of remembered answers, as their bound counts them", &raft.dedup_bytes),
         ];
         for (name, help, gauge) in gauges {
             registry.register(name, help, gauge.clone());
@@ -182,6 +188,10 @@ impl Metrics {
         set(&gauges.runner_records, state.runners().len() as u64);
         set(&gauges.held_locks, state.locks().values().filter(|l| state.is_held(l, now_ms)).count() as u64);
         set(&gauges.lock_records, state.locks().len() as u64);
+        let (dedup_clients, dedup_answers) = state.dedup_sizes();
+        set(&gauges.dedup_clients, dedup_clients as u64);
+        set(&gauges.dedup_answers, dedup_answers as u64);
+        set(&gauges.dedup_bytes, state.dedup_bytes() as u64);
         let mut text = String::new();
         if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::error!(%error, "metrics encoding failed");

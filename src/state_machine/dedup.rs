@@ -66,6 +66,10 @@ fn client_bytes(client_id: &str) -> usize {
     CLIENT_ENTRY_BYTES + 2 * client_id.len()
 }
 
+fn count_bytes(clients: &HashMap<String, ClientAnswers>) -> usize {
+    clients.iter().map(|(id, client)| table_bytes(id, client)).sum()
+}
+
 fn table_bytes(client_id: &str, client: &ClientAnswers) -> usize {
     client_bytes(client_id) + client.answers.values().map(|(_, reply)| answer_bytes(reply)).sum::<usize>()
 }
@@ -152,7 +156,7 @@ impl Dedup {
     /// Bytes of every answer remembered (counted once after a restore).
     fn bytes(&mut self) -> usize {
         let clients = &self.clients;
-        *self.bytes.0.get_or_insert_with(|| clients.iter().map(|(id, client)| table_bytes(id, client)).sum())
+        *self.bytes.0.get_or_insert_with(|| count_bytes(clients))
     }
 
     /// Forgets every client unseen for `idle_ms`.
@@ -171,8 +175,9 @@ impl Dedup {
     }
 
     /// Bytes of remembered answers, as the byte bound counts them.
-    pub(super) fn counted_bytes(&mut self) -> usize {
-        self.bytes()
+    /// The byte count, derived now (without keeping it) when not yet known.
+    pub(super) fn counted_bytes(&self) -> usize {
+        self.bytes.0.unwrap_or_else(|| count_bytes(&self.clients))
     }
 
     pub(super) fn check_invariants(&self) {
@@ -182,7 +187,7 @@ impl Dedup {
             assert!(self.by_last_seen.contains(&(client.last_seen_ms, client_id.clone())), "{client_id} not indexed");
             assert!(client.answers.len() <= DEDUP_SEQUENCES_PER_CLIENT_MAX, "{client_id} remembers too much");
         }
-        let counted: usize = self.clients.iter().map(|(id, client)| table_bytes(id, client)).sum();
+        let counted = count_bytes(&self.clients);
         if let Some(bytes) = self.bytes.0 {
             assert_eq!(bytes, counted, "dedup byte count out of step");
         }

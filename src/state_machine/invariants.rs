@@ -57,7 +57,7 @@ impl State {
     }
 
     /// Bytes of remembered answers, as `limits::DEDUP_BYTES_MAX` counts them.
-    pub fn dedup_bytes(&mut self) -> usize {
+    pub fn dedup_bytes(&self) -> usize {
         self.dedup.counted_bytes()
     }
 }

@@ -1273,7 +1273,7 @@ fn answer_bytes_are_bounded_forgetting_the_least_recently_seen_clients() {
     assert!(matches!(reused, Reply::Rejected { kind: RejectionKind::FailedPrecondition, .. }), "{reused:?}");
     assert_eq!(state.apply(&with_request(clients, "c0", 1, release_all("a:1"))), Reply::Done);
     // The count survives a snapshot: it is derived again after a restore.
-    let mut restored: State = postcard::from_bytes(&postcard::to_allocvec(&state).unwrap()).unwrap();
+    let restored: State = postcard::from_bytes(&postcard::to_allocvec(&state).unwrap()).unwrap();
     assert_eq!(restored.dedup_bytes(), state.dedup_bytes());
     restored.check_invariants();
 }

@@ -108,6 +108,10 @@ async fn metrics_parse_as_prometheus_text_and_counters_move() {
     assert_eq!(registers_after - registers_before, 3.0, "{after}");
     assert_eq!(sample(&after, "runner_storage_live_runners", None), Some(3.0));
     assert_eq!(sample(&after, "runner_storage_held_locks", None), Some(1.0));
+    // One client, four writes that reached the log (the invalid one did not).
+    assert_eq!(sample(&after, "runner_storage_dedup_clients", None), Some(1.0), "{after}");
+    assert_eq!(sample(&after, "runner_storage_dedup_answers", None), Some(4.0), "{after}");
+    assert!(sample(&after, "runner_storage_dedup_bytes", None).unwrap() > 0.0);
     assert!(sample(&after, "runner_storage_errors_total", Some(("code", "InvalidArgument"))).unwrap() >= 1.0);
     assert!(sample(&after, "runner_storage_raft_applied_index", None).unwrap() > 0.0);
     assert!(after.contains("runner_storage_call_seconds_bucket"), "latency histograms are exported");
