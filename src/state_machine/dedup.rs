@@ -174,8 +174,8 @@ impl Dedup {
         (self.clients.len(), self.clients.values().map(|client| client.answers.len()).sum())
     }
 
-    /// Bytes of remembered answers, as the byte bound counts them.
-    /// The byte count, derived now (without keeping it) when not yet known.
+    /// Bytes of remembered answers, as the byte bound counts them (derived
+    /// now, without keeping it, when not yet known after a restore).
     pub(super) fn counted_bytes(&self) -> usize {
         self.bytes.0.unwrap_or_else(|| count_bytes(&self.clients))
     }
