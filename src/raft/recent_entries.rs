@@ -32,7 +32,7 @@ impl RecentEntries {
     /// rewritten some other way) empties the cache first: it never holds a
     /// gap, nor an entry the log no longer has.
     pub fn push(&mut self, entry: Entry, encoded_bytes: usize) {
-        if self.last_index().is_some_and(|last| entry.log_id.index != last + 1) {
+        if self.last_index().is_some_and(|last| last.checked_add(1) != Some(entry.log_id.index)) {
             self.clear();
         }
         self.bytes += encoded_bytes;
