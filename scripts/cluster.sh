@@ -114,7 +114,7 @@ cmd_add_node() {
   local id=$(( $(known_nodes | tail -1) + 1 ))
   local address="127.0.0.1:$((7000 + id))"
   local layout; layout=$(cat "$STATE/layout" 2>/dev/null || echo three)
-  printf 'node_id = %s\nlisten = "%s"\ndata_dir = "%s/%s/node%s"\n' "$id" "$address" "$STATE" "$layout" "$id" >"$STATE/configs/node$id.toml"
+  printf 'node_id = %s\nlisten = "%s"\ndata_dir = "%s/%s/node%s"\nworker_threads = 1\n' "$id" "$address" "$STATE" "$layout" "$id" >"$STATE/configs/node$id.toml"
   start_node "$id"
   ctl members add "$id" "$address"
   local voters

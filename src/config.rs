@@ -106,6 +106,13 @@ pub struct NodeConfig {
     /// Raft timing and compaction.
     #[serde(default)]
     pub raft: RaftTuning,
+    /// Threads running this node's async work (gRPC, Raft); default: one
+    /// per CPU. Nodes that share a machine do better with about
+    /// CPUs / nodes each: three nodes on 2 cores wrote 8% more per second
+    /// with 1 each than with 2 (`BENCHMARKS.md`, set I), since their
+    /// threads no longer wake and steal work across the same two cores.
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
 }
 
 impl NodeConfig {
@@ -123,6 +130,7 @@ impl NodeConfig {
             tls: None,
             initial_lock_expiration_ms: None,
             raft: RaftTuning::default(),
+            worker_threads: None,
         }
     }
 
@@ -201,6 +209,13 @@ impl NodeConfig {
             self.auth_token.is_none() || self.auth_token_file.is_none(),
             "set auth_token or auth_token_file, not both"
         );
+        if let Some(threads) = self.worker_threads {
+            ensure!(
+                (1..=limits::WORKER_THREADS_MAX).contains(&threads),
+                "worker_threads must be in 1..={}, got {threads}",
+                limits::WORKER_THREADS_MAX
+            );
+        }
         if let Some(token) = &self.auth_token {
             ensure!(
                 !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()),
@@ -256,6 +271,9 @@ mod tests {
         let config = parse(VALID).unwrap();
         assert_eq!(config.advertised_address(), "127.0.0.1:7002");
         assert_eq!(config.raft, RaftTuning::default());
+        assert_eq!(config.worker_threads, None, "one worker per CPU unless set");
+        let one = parse(&VALID.replace("data_dir = \"d\"", "data_dir = \"d\"\nworker_threads = 1")).unwrap();
+        assert_eq!(one.worker_threads, Some(1));
     }
 
     #[test]
@@ -267,6 +285,7 @@ mod tests {
             (VALID.replace("\"127.0.0.1:7001\"", "\"127.0.0.1:7002\""), "address \"127.0.0.1:7002\" appears twice"),
             (format!("{VALID}\n[raft]\nheartbeat_interval_ms = 500"), "election_timeout_min_ms"),
             (VALID.replace("data_dir", "data_directory"), "unknown field"),
+            (VALID.replace("data_dir = \"d\"", "data_dir = \"d\"\nworker_threads = 0"), "worker_threads must be in"),
         ];
         for (text, expected) in cases {
             let error = format!("{:#}", parse(&text).unwrap_err());

@@ -129,6 +129,9 @@ pub const RECENT_ENTRIES_MAX: usize = 512;
 /// takes a few times more); the latest entry is kept even when it alone is more.
 pub const RECENT_ENTRIES_BYTES_MAX: usize = 2 * 1024 * 1024;
 
+/// Most async worker threads a node's config may ask for.
+pub const WORKER_THREADS_MAX: usize = 1024;
+
 /// sled's page cache (its default is 1 GiB). The state lives in memory
 /// anyway; sled holds the log tail and the latest snapshot, so a small
 /// cache keeps a node's memory bounded without slowing the hot path, which

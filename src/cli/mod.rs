@@ -50,10 +50,18 @@ pub fn init_tracing() {
 /// # Errors
 /// Whatever the subcommand fails with, for `main` to print.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
     match cli.command {
-        Command::Serve { config } => runtime.block_on(serve::run(config)),
-        Command::Ctl(args) => runtime.block_on(ctl::run(args)),
-        Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Serve { config } => {
+            // The config is read before the runtime exists: it sizes it.
+            let config = serve::load_config(config.as_deref())?;
+            if let Some(threads) = config.worker_threads {
+                runtime.worker_threads(threads);
+            }
+            runtime.build()?.block_on(serve::run(config))
+        }
+        Command::Ctl(args) => runtime.build()?.block_on(ctl::run(args)),
+        Command::Bench(args) => runtime.build()?.block_on(bench::run(args)),
     }
 }

@@ -1,7 +1,7 @@
 //! `runner-storage serve`: open the data dir, start Raft, bootstrap a new
 //! cluster, serve gRPC until SIGTERM or Ctrl-C, then shut down cleanly.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,15 +18,22 @@ use crate::state_machine::Command;
 /// configured initial lock expiration.
 const INITIAL_LOCK_EXPIRATION_DEADLINE: Duration = Duration::from_secs(60);
 
+/// The node config at `config_path`, or the embedded one-node default.
+///
+/// # Errors
+/// The file cannot be read, does not parse, or fails validation.
+pub fn load_config(config_path: Option<&Path>) -> anyhow::Result<NodeConfig> {
+    match config_path {
+        Some(path) => NodeConfig::load(path),
+        None => Ok(NodeConfig::single_node()),
+    }
+}
+
 /// Runs a node until it is told to stop.
 ///
 /// # Errors
-/// A bad config, an unusable data dir, a listen address in use, or a server failure.
-pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = match &config_path {
-        Some(path) => NodeConfig::load(path)?,
-        None => NodeConfig::single_node(),
-    };
+/// An unusable data dir, a listen address in use, or a server failure.
+pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (in use?)", config.listen))?;
