@@ -88,16 +88,6 @@ impl RecentEntries {
         Some(self.entries.iter().skip(offset).take(count).map(|(entry, _)| entry.clone()).collect())
     }
 
-    /// Entries held.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether no entry is held.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     fn first_index(&self) -> Option<u64> {
         self.entries.front().map(|(entry, _)| entry.log_id.index)
     }
@@ -174,7 +164,7 @@ mod tests {
         assert_eq!(indexes(recent.get(&(4..))), Some(vec![4, 5, 6, 7, 8]));
         assert_eq!(indexes(recent.get(&(3..))), None);
         recent.purge_upto(100);
-        assert!(recent.is_empty());
+        assert!(recent.entries.is_empty());
         assert_eq!(recent.bytes, 0);
     }
 
@@ -185,13 +175,13 @@ mod tests {
         assert_eq!(indexes(recent.get(&(3..))), Some(vec![3]));
         recent.push(entry(9), 10);
         assert_eq!(indexes(recent.get(&(9..))), Some(vec![9]));
-        assert_eq!(recent.len(), 1);
+        assert_eq!(recent.entries.len(), 1);
     }
 
     #[test]
     fn stays_within_its_bounds() {
         let recent = filled(1..=(RECENT_ENTRIES_MAX as u64 + 50));
-        assert_eq!(recent.len(), RECENT_ENTRIES_MAX);
+        assert_eq!(recent.entries.len(), RECENT_ENTRIES_MAX);
         assert_eq!(recent.first_index(), Some(51));
         let mut big = RecentEntries::default();
         for index in 1..=4 {
