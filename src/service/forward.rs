@@ -84,6 +84,74 @@ pub fn never_delivered(status: &tonic::Status) -> bool {
     false
 }
 
+/// Whether a forwarded call failed with no answer from the leader: the
+/// connection broke (the leader died mid-call, or the connection was stale).
+/// An answer the leader sent, even an error, carries no source error; a
+/// failure of this node's own transport does. The deadline running out is not
+/// such a failure: there is no time left to place the call again.
+pub fn no_answer(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some()
+        && !matches!(status.code(), tonic::Code::Cancelled | tonic::Code::DeadlineExceeded)
+}
+
+/// Whether a call may be placed with a leader again when an earlier placement
+/// may have reached a leader and been applied: reads and idempotent settings
+/// always, writes only with a request id (the leader's deduplication table
+/// then returns the first answer instead of applying the call twice).
+pub trait PlaceAgain {
+    /// Whether placing this call twice does no harm.
+    fn may_place_again(&self) -> bool;
+}
+
+macro_rules! place_again_always {
+    ($($message:ty),* $(,)?) => {$(
+        impl PlaceAgain for $message {
+            fn may_place_again(&self) -> bool {
+                true
+            }
+        }
+    )*};
+}
+
+macro_rules! place_again_with_request_id {
+    ($($message:ty),* $(,)?) => {$(
+        impl PlaceAgain for $message {
+            fn may_place_again(&self) -> bool {
+                self.request_id.is_some()
+            }
+        }
+    )*};
+}
+
+macro_rules! place_again_never {
+    ($($message:ty),* $(,)?) => {$(
+        impl PlaceAgain for $message {
+            fn may_place_again(&self) -> bool {
+                false
+            }
+        }
+    )*};
+}
+
+place_again_always!(
+    crate::pb::v1::GetRunnersRequest,
+    crate::pb::admin::ListRunnersRequest,
+    crate::pb::admin::ListLocksRequest,
+    crate::pb::v1::SetLockExpirationRequest,
+);
+place_again_with_request_id!(
+    crate::pb::v1::RegisterRequest,
+    crate::pb::v1::UnregisterRequest,
+    crate::pb::v1::SetRunnerHealthRequest,
+    crate::pb::v1::AcquireRequest,
+    crate::pb::v1::RefreshRequest,
+    crate::pb::v1::ReleaseRequest,
+    crate::pb::v1::ReleaseAllRequest,
+);
+// Membership changes carry no request id: a second placement could change a
+// membership that moved on since the first.
+place_again_never!(crate::pb::admin::AddLearnerRequest, crate::pb::admin::ChangeMembershipRequest);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +168,39 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
         assert!(never_delivered(&status), "a refused connection must count as never delivered: {status:?}");
         assert!(!never_delivered(&tonic::Status::unavailable("no quorum")), "an answer was delivered");
+        assert!(no_answer(&status), "a refused connection gave no answer: {status:?}");
+        assert!(!no_answer(&tonic::Status::unavailable("no quorum")), "an answer came back");
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_breaks_mid_call_gave_no_answer_but_may_have_delivered() {
+        // A "leader" that takes the call and dies before answering.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let dies_mid_call = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut received = vec![0; 4096];
+            let _ = socket.read(&mut received).await;
+        });
+        let channel = Forwarder::new(Dialer::default()).channel(&address).unwrap();
+        let mut client = pb::runner_storage_client::RunnerStorageClient::new(channel);
+        let status = client.get_runners(forwarded_request(pb::GetRunnersRequest {}, None)).await.unwrap_err();
+        dies_mid_call.await.unwrap();
+        assert!(no_answer(&status), "a broken connection gave no answer: {status:?}");
+        assert!(!never_delivered(&status), "the call may have reached the leader: {status:?}");
+    }
+
+    #[test]
+    fn only_calls_that_cannot_apply_twice_may_be_placed_again() {
+        let request_id = Some(pb::RequestId { client_id: "c".into(), sequence: 1 });
+        assert!(pb::GetRunnersRequest {}.may_place_again());
+        let mut register = pb::RegisterRequest { address: "a:1".into(), ..Default::default() };
+        assert!(!register.may_place_again(), "a register without a request id may apply twice");
+        register.request_id = request_id.clone();
+        assert!(register.may_place_again());
+        let refresh = pb::RefreshRequest { address: "a:1".into(), shard_ids: vec![], request_id };
+        assert!(refresh.may_place_again());
+        assert!(!crate::pb::admin::ChangeMembershipRequest::default().may_place_again());
     }
 }

@@ -109,7 +109,7 @@ pub(crate) async fn answer_or_forward<M, R, Fut, Fwd, FwdFut>(
     node: &Node,
 ) -> Result<Response<R>, Status>
 where
-    M: Clone,
+    M: Clone + forward::PlaceAgain,
     Fut: Future<Output = Result<R, CallError>>,
     Fwd: Fn(Channel, Request<M>) -> FwdFut,
     FwdFut: Future<Output = Result<Response<R>, Status>>,
@@ -128,7 +128,7 @@ async fn answer_or_forward_unmeasured<M, R, Fut, Fwd, FwdFut>(
     node: &Node,
 ) -> Result<Response<R>, Status>
 where
-    M: Clone,
+    M: Clone + forward::PlaceAgain,
     Fut: Future<Output = Result<R, CallError>>,
     Fwd: Fn(Channel, Request<M>) -> FwdFut,
     FwdFut: Future<Output = Result<Response<R>, Status>>,
@@ -174,6 +174,17 @@ where
         if may_wait
             && forward::never_delivered(&status)
             && node.wait_for_leader(Some(&leader_address), hold_until).await
+        {
+            continue;
+        }
+        // A connection that broke mid-call (often a stale one to a leader
+        // that just died) leaves the call's fate unknown. Place it again only
+        // when a second placement cannot apply it twice; the next attempt
+        // meets a refused connection if the leader is gone, and waits above.
+        if may_wait
+            && forward::no_answer(&status)
+            && message.may_place_again()
+            && node.wait_for_leader(None, hold_until).await
         {
             continue;
         }

@@ -59,11 +59,14 @@ async fn a_follower_holds_a_call_through_the_election_after_the_leader_dies() {
     one_attempt.get_runners(pb::GetRunnersRequest {}).await.expect("forwarded before the kill");
 
     cluster.kill(old_leader);
+    // With a request id the follower may place the call again even when its
+    // stale connection to the dead leader breaks mid-call (the fate of the
+    // first placement is then unknown), not only when it is refused.
     let request = pb::RegisterRequest {
         address: "held:1".into(),
         runner: runner_json("held", 1),
         healthy: true,
-        request_id: None,
+        request_id: Some(pb::RequestId { client_id: "held-client".into(), sequence: 1 }),
     };
     let answer = one_attempt.register(request).await.expect("one attempt through a follower across the failover");
     let new_leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
