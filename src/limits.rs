@@ -114,6 +114,10 @@ const _: () = assert!(FORWARD_HOPS_MAX == 1);
 const _: () =
     assert!(REPLICATION_ENTRIES_MAX as usize * (PROPOSAL_BYTES_MAX + ENVELOPE_BYTES_MAX) <= GRPC_MESSAGE_BYTES_MAX);
 
+/// How long a leader sends unary appends to a peer that refused an append
+/// stream (an older release) before it tries a stream again.
+pub const APPEND_STREAM_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Pause between attempts to reach a peer that refused or dropped the
 /// connection. Short, so a restarted node is caught up soon after it comes
 /// up; a refused connect on a dead peer costs next to nothing.

@@ -6,8 +6,10 @@
 //! - [`sm_store`]: applies entries to the pure state machine; snapshots.
 //! - [`network`]: the client side of Raft RPCs to peers (tonic).
 //! - [`server`]: the server side of Raft RPCs from peers (tonic).
+//! - [`append_stream`]: replication over one gRPC stream per session.
 //! - [`sled_schema`]: every tree and key on disk.
 
+pub mod append_stream;
 pub mod election;
 pub mod log_store;
 pub mod network;

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use openraft::error::{NetworkError, RemoteError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -15,6 +16,7 @@ use openraft::AnyError;
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::transport::Channel;
 
+use super::append_stream::{AppendStream, StreamSupport};
 use super::election::Nudges;
 use super::typ::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -31,11 +33,12 @@ use crate::transport::Dialer;
 /// Channels are cached per address: openraft asks for a new client for every
 /// leadership check (each linearizable read round), and a fresh channel would
 /// mean a new TCP and HTTP/2 handshake each time. One HTTP/2 connection per
-/// peer carries replication, heartbeats, votes and read checks alike.
+/// peer carries replication (one stream per session, see [`AppendStream`]),
+/// heartbeats, votes and read checks alike.
 #[derive(Debug, Clone)]
 pub struct Network {
     dialer: Dialer,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    peers: Arc<Mutex<HashMap<String, Peer>>>,
     nudges: Nudges,
 }
 
@@ -43,46 +46,69 @@ impl Network {
     /// A network that dials peers with `dialer` (TLS identity, token) and
     /// reports the votes it receives to `nudges`.
     pub fn new(dialer: Dialer, nudges: Nudges) -> Self {
-        Network { dialer, channels: Arc::default(), nudges }
+        Network { dialer, peers: Arc::default(), nudges }
     }
 
-    fn channel(&self, address: &str) -> Option<Channel> {
-        let mut channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(channel) = channels.get(address) {
-            return Some(channel.clone());
+    fn peer(&self, address: &str) -> Option<Peer> {
+        let mut peers = self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(peer) = peers.get(address) {
+            return Some(peer.clone());
         }
-        let channel = self.dialer.channel(address).ok()?;
-        channels.insert(address.to_owned(), channel.clone());
-        Some(channel)
+        let peer = Peer { channel: self.dialer.channel(address).ok()?, streams: Arc::default() };
+        peers.insert(address.to_owned(), peer.clone());
+        Some(peer)
     }
+}
+
+/// What every client to one peer address shares.
+#[derive(Debug, Clone)]
+struct Peer {
+    channel: Channel,
+    streams: Arc<StreamSupport>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
-        let channel = self.channel(&node.addr);
-        PeerClient::new(target, node.clone(), channel, self.dialer.clone(), self.nudges.clone())
+        let peer = self.peer(&node.addr);
+        PeerClient::new(target, node.clone(), peer, self.dialer.clone(), self.nudges.clone())
     }
 }
 
 /// Raft RPCs to one peer over a lazily connected gRPC channel.
+///
+/// openraft keeps one `PeerClient` per replication session, so its
+/// AppendEntries share one [`AppendStream`], opened by the first of them.
 pub struct PeerClient {
     target: NodeId,
     node: Node,
     client: Option<RaftClient<Channel>>,
     dialer: Dialer,
     nudges: Nudges,
+    /// The open append stream, if any; taken out during each exchange, so a
+    /// failed or timed-out exchange leaves none.
+    appends: Option<AppendStream>,
+    /// Whether the peer takes append streams; `None` with an invalid address.
+    streams: Option<Arc<StreamSupport>>,
 }
 
 impl PeerClient {
-    fn new(target: NodeId, node: Node, channel: Option<Channel>, dialer: Dialer, nudges: Nudges) -> Self {
-        let client = channel.map(|channel| {
+    fn new(target: NodeId, node: Node, peer: Option<Peer>, dialer: Dialer, nudges: Nudges) -> Self {
+        let streams = peer.as_ref().map(|peer| peer.streams.clone());
+        let client = peer.map(|Peer { channel, .. }| {
             RaftClient::new(channel)
                 .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
         });
-        PeerClient { target, node, client, dialer, nudges }
+        PeerClient { target, node, client, dialer, nudges, appends: None, streams }
+    }
+
+    fn client<E: std::error::Error>(&self) -> Result<RaftClient<Channel>, RPCError<E>> {
+        self.client.clone().ok_or_else(|| {
+            let message = format!("node {} has an invalid address {:?}", self.target, self.node.addr);
+            RPCError::Unreachable(Unreachable::new(&AnyError::error(message)))
+        })
     }
 
     /// Encodes `request`, sends it with `send`, and decodes the peer's `Result`.
@@ -99,19 +125,51 @@ impl PeerClient {
         F: FnOnce(RaftClient<Channel>, tonic::Request<RaftPayload>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
     {
-        let Some(client) = self.client.clone() else {
-            let message = format!("node {} has an invalid address {:?}", self.target, self.node.addr);
-            return Err(RPCError::Unreachable(Unreachable::new(&AnyError::error(message))));
-        };
-        let data = postcard::to_allocvec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut grpc_request = tonic::Request::new(RaftPayload { data });
+        let client = self.client()?;
+        let mut grpc_request = tonic::Request::new(encode_request(request)?);
         grpc_request.set_timeout(option.hard_ttl());
         self.dialer.authorize(&mut grpc_request);
         let response = send(client, grpc_request).await.map_err(|status| status_to_rpc_error(&status))?;
+        self.decode_answer(&response.into_inner())
+    }
+
+    /// The peer's `Result` from its answer payload.
+    fn decode_answer<Resp, E>(&self, answer: &RaftPayload) -> Result<Resp, RPCError<E>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let result: Result<Resp, RaftError<E>> =
-            postcard::from_bytes(&response.into_inner().data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            postcard::from_bytes(&answer.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|error| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), error)))
     }
+
+    /// One AppendEntries over the session's stream, opening it if needed.
+    /// The stream is kept only when the exchange completed within `ttl`.
+    async fn append_on_stream(
+        &mut self,
+        mut client: RaftClient<Channel>,
+        payload: RaftPayload,
+        ttl: Duration,
+    ) -> Result<RaftPayload, tonic::Status> {
+        let open = self.appends.take();
+        let exchange = async {
+            match open {
+                Some(mut stream) => stream.exchange(payload).await.map(|answer| (stream, answer)),
+                None => AppendStream::open(&mut client, &self.dialer, payload).await,
+            }
+        };
+        let (stream, answer) = tokio::time::timeout(ttl, exchange)
+            .await
+            .map_err(|_| tonic::Status::deadline_exceeded(format!("no append answer within {ttl:?}")))??;
+        self.appends = Some(stream);
+        Ok(answer)
+    }
+}
+
+fn encode_request<Req: Serialize, E: std::error::Error>(request: &Req) -> Result<RaftPayload, RPCError<E>> {
+    let data = postcard::to_allocvec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+    Ok(RaftPayload { data })
 }
 
 /// A peer that cannot be connected to is `Unreachable`: openraft then backs
@@ -132,6 +190,26 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse, RPCError> {
+        let streams = self.streams.clone().filter(|streams| streams.may_open());
+        if let Some(streams) = streams {
+            let client = self.client()?;
+            let payload = encode_request(&rpc)?;
+            match self.append_on_stream(client, payload, option.hard_ttl()).await {
+                Ok(answer) => {
+                    streams.accepted();
+                    return self.decode_answer(&answer);
+                }
+                Err(status) if status.code() == tonic::Code::Unimplemented => {
+                    if streams.refused() {
+                        tracing::info!(
+                            peer = self.target,
+                            "peer takes no append stream (older release): unary appends"
+                        );
+                    }
+                }
+                Err(status) => return Err(status_to_rpc_error(&status)),
+            }
+        }
         self.call(&rpc, option, |mut client, request| async move { client.append_entries(request).await }).await
     }
 

@@ -2,8 +2,10 @@
 //! messages from peers, hands them to the local Raft, and encodes its answer.
 
 use serde::{de::DeserializeOwned, Serialize};
-use tonic::{Request, Response, Status};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status, Streaming};
 
+use super::append_stream::{answer_appends, AnswerStream};
 use super::election::Nudges;
 use super::Raft;
 use crate::pb::raft::raft_server;
@@ -13,23 +15,34 @@ use crate::pb::raft::RaftPayload;
 pub struct RaftService {
     raft: Raft,
     nudges: Nudges,
+    stopping: watch::Receiver<bool>,
 }
 
 impl RaftService {
-    /// A service feeding `raft`, reporting appends and votes to `nudges`.
-    pub fn new(raft: Raft, nudges: Nudges) -> Self {
-        RaftService { raft, nudges }
+    /// A service feeding `raft`, reporting appends and votes to `nudges`; it
+    /// ends its append streams when `stopping` turns true.
+    pub fn new(raft: Raft, nudges: Nudges, stopping: watch::Receiver<bool>) -> Self {
+        RaftService { raft, nudges, stopping }
     }
 }
 
+/// One of openraft's messages from a peer's payload bytes.
+pub(super) fn decode_payload<T: DeserializeOwned>(data: &[u8]) -> Result<T, Status> {
+    postcard::from_bytes(data).map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
+}
+
+/// An answer as a payload for the peer.
+pub(super) fn encode_payload<T: Serialize>(answer: &T) -> Result<RaftPayload, Status> {
+    let data = postcard::to_allocvec(answer).map_err(|e| Status::internal(format!("unencodable Raft answer: {e}")))?;
+    Ok(RaftPayload { data })
+}
+
 fn decode<T: DeserializeOwned>(request: Request<RaftPayload>) -> Result<T, Status> {
-    postcard::from_bytes(&request.into_inner().data)
-        .map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
+    decode_payload(&request.into_inner().data)
 }
 
 fn encode<T: Serialize>(answer: &T) -> Result<Response<RaftPayload>, Status> {
-    let data = postcard::to_allocvec(answer).map_err(|e| Status::internal(format!("unencodable Raft answer: {e}")))?;
-    Ok(Response::new(RaftPayload { data }))
+    encode_payload(answer).map(Response::new)
 }
 
 #[tonic::async_trait]
@@ -38,6 +51,17 @@ impl raft_server::Raft for RaftService {
         let answer = self.raft.append_entries(decode(request)?).await;
         self.nudges.heard_from_leader();
         encode(&answer)
+    }
+
+    type AppendEntriesStreamStream = AnswerStream;
+
+    async fn append_entries_stream(
+        &self,
+        request: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<AnswerStream>, Status> {
+        let answers =
+            answer_appends(self.raft.clone(), self.nudges.clone(), request.into_inner(), self.stopping.clone());
+        Ok(Response::new(answers))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

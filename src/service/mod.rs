@@ -53,6 +53,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     use tonic::service::interceptor::InterceptedService;
+    // Streams between nodes outlive single calls: they end when stopping
+    // turns true, as the graceful shutdown starts, instead of holding it.
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
     let bytes_max = limits::GRPC_MESSAGE_BYTES_MAX;
     let client_check = transport::require_token(security.token.clone());
     let peer_check = transport::require_peer(security.tls.is_some(), security.token.clone());
@@ -65,10 +72,13 @@ pub async fn serve(
     let cluster = pb::admin::cluster_server::ClusterServer::new(admin::ClusterService::new(node.clone()));
     let inspect = pb::admin::inspect_server::InspectServer::new(inspect::InspectService::new(node.clone()))
         .max_encoding_message_size(bytes_max);
-    let raft =
-        pb::raft::raft_server::RaftServer::new(RaftService::new(node.raft.clone(), node.election_nudges.clone()))
-            .max_decoding_message_size(bytes_max)
-            .max_encoding_message_size(bytes_max);
+    let raft = pb::raft::raft_server::RaftServer::new(RaftService::new(
+        node.raft.clone(),
+        node.election_nudges.clone(),
+        stopping_rx,
+    ))
+    .max_decoding_message_size(bytes_max)
+    .max_encoding_message_size(bytes_max);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     tokio::spawn(observe::report_health(node.clone(), health_reporter));
     let reflection = tonic_reflection::server::Builder::configure()
