@@ -103,43 +103,24 @@ pub trait PlaceAgain {
     fn may_place_again(&self) -> bool;
 }
 
-macro_rules! place_again_always {
-    ($($message:ty),* $(,)?) => {$(
+/// Implements [`PlaceAgain`] for each message by `rule` (a closure over `&Self`).
+macro_rules! place_again {
+    ($rule:expr => $($message:ty),* $(,)?) => {$(
         impl PlaceAgain for $message {
             fn may_place_again(&self) -> bool {
-                true
+                ($rule)(self)
             }
         }
     )*};
 }
 
-macro_rules! place_again_with_request_id {
-    ($($message:ty),* $(,)?) => {$(
-        impl PlaceAgain for $message {
-            fn may_place_again(&self) -> bool {
-                self.request_id.is_some()
-            }
-        }
-    )*};
-}
-
-macro_rules! place_again_never {
-    ($($message:ty),* $(,)?) => {$(
-        impl PlaceAgain for $message {
-            fn may_place_again(&self) -> bool {
-                false
-            }
-        }
-    )*};
-}
-
-place_again_always!(
+place_again!(|_: &Self| true =>
     crate::pb::v1::GetRunnersRequest,
     crate::pb::admin::ListRunnersRequest,
     crate::pb::admin::ListLocksRequest,
     crate::pb::v1::SetLockExpirationRequest,
 );
-place_again_with_request_id!(
+place_again!(|message: &Self| message.request_id.is_some() =>
     crate::pb::v1::RegisterRequest,
     crate::pb::v1::UnregisterRequest,
     crate::pb::v1::SetRunnerHealthRequest,
@@ -150,7 +131,10 @@ place_again_with_request_id!(
 );
 // Membership changes carry no request id: a second placement could change a
 // membership that moved on since the first.
-place_again_never!(crate::pb::admin::AddLearnerRequest, crate::pb::admin::ChangeMembershipRequest);
+place_again!(|_: &Self| false =>
+    crate::pb::admin::AddLearnerRequest,
+    crate::pb::admin::ChangeMembershipRequest,
+);
 
 #[cfg(test)]
 mod tests {
