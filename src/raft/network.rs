@@ -144,19 +144,21 @@ impl PeerClient {
         result.map_err(|error| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), error)))
     }
 
-    /// One AppendEntries over the session's stream, opening it if needed.
-    /// The stream is kept only when the exchange completed within `ttl`.
+    /// One AppendEntries over the session's stream, opening it on `client`
+    /// when none is open. The stream is kept only when the exchange completed
+    /// within `ttl`.
     async fn append_on_stream(
         &mut self,
-        mut client: RaftClient<Channel>,
+        client: Option<RaftClient<Channel>>,
         payload: RaftPayload,
         ttl: Duration,
     ) -> Result<RaftPayload, tonic::Status> {
         let open = self.appends.take();
         let exchange = async {
-            match open {
-                Some(mut stream) => stream.exchange(payload).await.map(|answer| (stream, answer)),
-                None => AppendStream::open(&mut client, &self.dialer, payload).await,
+            match (open, client) {
+                (Some(mut stream), _) => stream.exchange(payload).await.map(|answer| (stream, answer)),
+                (None, Some(mut client)) => AppendStream::open(&mut client, &self.dialer, payload).await,
+                (None, None) => Err(tonic::Status::internal("no append stream is open and no client to open one")),
             }
         };
         let (stream, answer) = tokio::time::timeout(ttl, exchange)
@@ -190,17 +192,28 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse, RPCError> {
-        let streams = self.streams.clone().filter(|streams| streams.may_open());
-        if let Some(streams) = streams {
-            let client = self.client()?;
+        // An open stream carries the session's appends with no lock or clone;
+        // the peer's stream support is consulted only to open one.
+        let use_stream = if self.appends.is_some() {
+            Some(None)
+        } else {
+            match &self.streams {
+                Some(streams) if streams.may_open() => Some(Some((streams.clone(), self.client()?))),
+                _ => None,
+            }
+        };
+        if let Some(opening) = use_stream {
+            let (streams, client) = opening.unzip();
             let payload = encode_request(&rpc)?;
             match self.append_on_stream(client, payload, option.hard_ttl()).await {
                 Ok(answer) => {
-                    streams.accepted();
+                    if let Some(streams) = streams {
+                        streams.accepted();
+                    }
                     return self.decode_answer(&answer);
                 }
                 Err(status) if status.code() == tonic::Code::Unimplemented => {
-                    if streams.refused() {
+                    if streams.is_some_and(|streams| streams.refused()) {
                         tracing::info!(
                             peer = self.target,
                             "peer takes no append stream (older release): unary appends"
