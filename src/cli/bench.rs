@@ -82,6 +82,12 @@ pub struct BenchArgs {
     /// Print one JSON document on stdout instead of tables (progress goes to stderr).
     #[arg(long, global = true)]
     pub json: bool,
+    /// Threads of the bench's own runtime. The default, one, leaves the
+    /// most CPU to nodes on the same machine and sends the requests that
+    /// are ready together (see `cli::runtime`); more helps only a
+    /// client-bound workload such as `effect-mix`'s getRunners of 1,000 runners.
+    #[arg(long, global = true, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    pub client_threads: usize,
     /// What to run.
     #[command(subcommand)]
     pub workload: Workload,

@@ -50,18 +50,37 @@ pub fn init_tracing() {
 /// # Errors
 /// Whatever the subcommand fails with, for `main` to print.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
     match cli.command {
         Command::Serve { config } => {
             // The config is read before the runtime exists: it sizes it.
             let config = serve::load_config(config.as_deref())?;
-            if let Some(threads) = config.worker_threads {
-                runtime.worker_threads(threads);
-            }
-            runtime.build()?.block_on(serve::run(config))
+            runtime(config.worker_threads)?.block_on(serve::run(config))
         }
-        Command::Ctl(args) => runtime.build()?.block_on(ctl::run(args)),
-        Command::Bench(args) => runtime.build()?.block_on(bench::run(args)),
+        Command::Ctl(args) => runtime(None)?.block_on(ctl::run(args)),
+        Command::Bench(args) => runtime(Some(args.client_threads))?.block_on(bench::run(args)),
     }
+}
+
+/// A tokio runtime with `threads` workers (default: one per CPU).
+///
+/// One worker means a current-thread runtime, not a multi-thread one of
+/// size 1. The multi-thread scheduler runs a task woken by the running task
+/// next (its LIFO slot): when a batch of writes commits, each call's reply
+/// wakes the HTTP/2 connection task, which then writes that one reply to
+/// the socket before the next call's reply is even made, one `writev` per
+/// call. The current-thread scheduler queues wake-ups in order, so the
+/// connection runs after all the replies of the batch and writes them
+/// together: on the leader at `refresh` C=64, 1.06 → 0.26 `writev` per call
+/// (`BENCHMARKS.md`, set K).
+fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(threads) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all().build()
 }

@@ -301,7 +301,11 @@ impl Lab {
         let data_dir = self.dir.path().join(format!("data/node{id}"));
         let listen = address.clone();
         let tuning = &self.tuning;
-        let mut text = format!("node_id = {id}\nlisten = \"{listen}\"\ndata_dir = \"{}\"\n", data_dir.display());
+        // One worker per node, as cluster-config/ ships for nodes sharing a machine.
+        let mut text = format!(
+            "node_id = {id}\nlisten = \"{listen}\"\ndata_dir = \"{}\"\nworker_threads = 1\n",
+            data_dir.display()
+        );
         for (peer_id, peer_address) in peers {
             text += &format!("[[peers]]\nid = {peer_id}\naddress = \"{peer_address}\"\n");
         }

@@ -122,6 +122,12 @@ impl TestCluster {
         if let Some(token) = &self.tuning.auth_token {
             text += &format!("auth_token = \"{token}\"\n");
         }
+        // Odd nodes run on one worker (a current-thread runtime, as in
+        // cluster-config/), even ones on the default multi-thread runtime:
+        // every cluster mixes the two.
+        if id % 2 == 1 {
+            text += "worker_threads = 1\n";
+        }
         if let Some(tls_dir) = &self.tuning.tls_dir {
             let file = |name: &str| tls_dir.join(name).display().to_string();
             text += &format!(
