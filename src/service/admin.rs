@@ -79,10 +79,12 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::SetLockExpirationRequest>,
     ) -> Result<Response<pb::SetLockExpirationResponse>, Status> {
-        let local = |m: pb::SetLockExpirationRequest| async move {
+        let local = |m: &pb::SetLockExpirationRequest| {
             let command = Command::SetLockExpiration { lock_expiration_ms: m.lock_expiration_ms };
-            replies::done(self.node.write(None, command).await?)?;
-            Ok(pb::SetLockExpirationResponse {})
+            async move {
+                replies::done(self.node.write(None, command).await?)?;
+                Ok(pb::SetLockExpirationResponse {})
+            }
         };
         let forward = |c: Channel, r| async move { pb::admin_client::AdminClient::new(c).set_lock_expiration(r).await };
         answer_or_forward("set_lock_expiration", request, local, forward, &self.node).await
@@ -115,8 +117,9 @@ impl admin_pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<admin_pb::AddLearnerRequest>,
     ) -> Result<Response<admin_pb::MembershipResponse>, Status> {
-        let local = |m: admin_pb::AddLearnerRequest| async move {
-            Ok(membership_response(self.node.add_learner(m.node_id, m.address).await?))
+        let local = |m: &admin_pb::AddLearnerRequest| {
+            let (node_id, address) = (m.node_id, m.address.clone());
+            async move { Ok(membership_response(self.node.add_learner(node_id, address).await?)) }
         };
         answer_or_forward(
             "add_learner",
@@ -132,9 +135,9 @@ impl admin_pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<admin_pb::ChangeMembershipRequest>,
     ) -> Result<Response<admin_pb::MembershipResponse>, Status> {
-        let local = |m: admin_pb::ChangeMembershipRequest| async move {
-            let voter_ids = m.voter_ids.into_iter().collect();
-            Ok(membership_response(self.node.change_membership(voter_ids, m.remove_learners).await?))
+        let local = |m: &admin_pb::ChangeMembershipRequest| {
+            let (voter_ids, remove_learners) = (m.voter_ids.iter().copied().collect(), m.remove_learners);
+            async move { Ok(membership_response(self.node.change_membership(voter_ids, remove_learners).await?)) }
         };
         let forward = |c, r| async move { cluster_client(c).change_membership(r).await };
         answer_or_forward("change_membership", request, local, forward, &self.node).await

@@ -83,7 +83,7 @@ impl pb::inspect_server::Inspect for InspectService {
         &self,
         request: Request<pb::ListRunnersRequest>,
     ) -> Result<Response<pb::ListRunnersResponse>, Status> {
-        let local = |_| async { self.node.read(runner_records).await };
+        let local = |_: &pb::ListRunnersRequest| async { self.node.read(runner_records).await };
         answer_or_forward(
             "list_runners",
             request,
@@ -98,8 +98,9 @@ impl pb::inspect_server::Inspect for InspectService {
         &self,
         request: Request<pb::ListLocksRequest>,
     ) -> Result<Response<pb::ListLocksResponse>, Status> {
-        let local = |filter: pb::ListLocksRequest| async move {
-            self.node.read(|state, now_ms| lock_records(state, now_ms, &filter)).await
+        let local = |filter: &pb::ListLocksRequest| {
+            let filter = filter.clone();
+            async move { self.node.read(|state, now_ms| lock_records(state, now_ms, &filter)).await }
         };
         answer_or_forward("list_locks", request, local, |c, r| async move { client(c).list_locks(r).await }, &self.node)
             .await

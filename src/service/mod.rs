@@ -111,10 +111,13 @@ pub async fn serve(
 ///
 /// `local` runs the call on this node; `forward` runs it on the leader over
 /// `channel`. A call that was itself forwarded is never forwarded again.
+/// `local` borrows the message, so an attempt copies only what its command
+/// keeps (a `refresh` copies its address, not its ten shard ids twice); the
+/// message is cloned only to be forwarded.
 pub(crate) async fn answer_or_forward<M, R, Fut, Fwd, FwdFut>(
     call: &'static str,
     request: Request<M>,
-    local: impl Fn(M) -> Fut,
+    local: impl Fn(&M) -> Fut,
     forward: Fwd,
     node: &Node,
 ) -> Result<Response<R>, Status>
@@ -133,7 +136,7 @@ where
 
 async fn answer_or_forward_unmeasured<M, R, Fut, Fwd, FwdFut>(
     request: Request<M>,
-    local: impl Fn(M) -> Fut,
+    local: impl Fn(&M) -> Fut,
     forward: Fwd,
     node: &Node,
 ) -> Result<Response<R>, Status>
@@ -153,7 +156,7 @@ where
     loop {
         attempts += 1;
         let may_wait = !already_forwarded && attempts < limits::LEADER_WAIT_ATTEMPTS_MAX;
-        let leader_address = match local(message.clone()).await {
+        let leader_address = match local(&message).await {
             Ok(answer) => return Ok(Response::new(answer)),
             Err(CallError::Failed(error)) => return Err(status::to_status(error)),
             Err(CallError::NotLeader { leader_address }) => leader_address,

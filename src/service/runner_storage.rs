@@ -51,7 +51,7 @@ impl pb::runner_storage_server::RunnerStorage for RunnerStorageService {
         &self,
         request: Request<pb::GetRunnersRequest>,
     ) -> Result<Response<pb::GetRunnersResponse>, Status> {
-        let local = |_| async {
+        let local = |_: &pb::GetRunnersRequest| async {
             let runners = self.node.read(|state, now_ms| state.get_runners(now_ms)).await?;
             let runners = runners.into_iter().map(|(runner, healthy)| pb::RunnerEntry { runner, healthy }).collect();
             Ok(pb::GetRunnersResponse { runners })
@@ -67,10 +67,11 @@ impl pb::runner_storage_server::RunnerStorage for RunnerStorageService {
     }
 
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
-        let local = |m: pb::RegisterRequest| async move {
-            let command = Command::Register { address: m.address, runner: m.runner, healthy: m.healthy };
-            let machine_id = self.write(m.request_id, command, replies::machine_id).await?;
-            Ok(pb::RegisterResponse { machine_id })
+        let local = |m: &pb::RegisterRequest| {
+            let command =
+                Command::Register { address: m.address.clone(), runner: m.runner.clone(), healthy: m.healthy };
+            let machine_id = self.write(m.request_id.clone(), command, replies::machine_id);
+            async move { Ok(pb::RegisterResponse { machine_id: machine_id.await? }) }
         };
         answer_or_forward("register", request, local, |c, r| async move { client(c).register(r).await }, &self.node)
             .await
@@ -80,9 +81,10 @@ impl pb::runner_storage_server::RunnerStorage for RunnerStorageService {
         &self,
         request: Request<pb::UnregisterRequest>,
     ) -> Result<Response<pb::UnregisterResponse>, Status> {
-        let local = |m: pb::UnregisterRequest| async move {
-            self.write(m.request_id, Command::Unregister { address: m.address }, replies::done).await?;
-            Ok(pb::UnregisterResponse {})
+        let local = |m: &pb::UnregisterRequest| {
+            let done =
+                self.write(m.request_id.clone(), Command::Unregister { address: m.address.clone() }, replies::done);
+            async move { done.await.map(|()| pb::UnregisterResponse {}) }
         };
         answer_or_forward("unregister", request, local, |c, r| async move { client(c).unregister(r).await }, &self.node)
             .await
@@ -92,10 +94,10 @@ impl pb::runner_storage_server::RunnerStorage for RunnerStorageService {
         &self,
         request: Request<pb::SetRunnerHealthRequest>,
     ) -> Result<Response<pb::SetRunnerHealthResponse>, Status> {
-        let local = |m: pb::SetRunnerHealthRequest| async move {
-            let command = Command::SetRunnerHealth { address: m.address, healthy: m.healthy };
-            self.write(m.request_id, command, replies::done).await?;
-            Ok(pb::SetRunnerHealthResponse {})
+        let local = |m: &pb::SetRunnerHealthRequest| {
+            let command = Command::SetRunnerHealth { address: m.address.clone(), healthy: m.healthy };
+            let done = self.write(m.request_id.clone(), command, replies::done);
+            async move { done.await.map(|()| pb::SetRunnerHealthResponse {}) }
         };
         answer_or_forward(
             "set_runner_health",
@@ -108,28 +110,28 @@ impl pb::runner_storage_server::RunnerStorage for RunnerStorageService {
     }
 
     async fn acquire(&self, request: Request<pb::AcquireRequest>) -> Result<Response<pb::ShardIdsResponse>, Status> {
-        let local = |m: pb::AcquireRequest| async move {
-            let command = Command::Acquire { address: m.address, shard_ids: shard_id_texts(&m.shard_ids) };
-            let shard_ids = self.write(m.request_id, command, replies::shard_ids).await?;
-            Ok(pb::ShardIdsResponse { shard_ids })
+        let local = |m: &pb::AcquireRequest| {
+            let command = Command::Acquire { address: m.address.clone(), shard_ids: shard_id_texts(&m.shard_ids) };
+            let shard_ids = self.write(m.request_id.clone(), command, replies::shard_ids);
+            async move { Ok(pb::ShardIdsResponse { shard_ids: shard_ids.await? }) }
         };
         answer_or_forward("acquire", request, local, |c, r| async move { client(c).acquire(r).await }, &self.node).await
     }
 
     async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Result<Response<pb::ShardIdsResponse>, Status> {
-        let local = |m: pb::RefreshRequest| async move {
-            let command = Command::Refresh { address: m.address, shard_ids: shard_id_texts(&m.shard_ids) };
-            let shard_ids = self.write(m.request_id, command, replies::shard_ids).await?;
-            Ok(pb::ShardIdsResponse { shard_ids })
+        let local = |m: &pb::RefreshRequest| {
+            let command = Command::Refresh { address: m.address.clone(), shard_ids: shard_id_texts(&m.shard_ids) };
+            let shard_ids = self.write(m.request_id.clone(), command, replies::shard_ids);
+            async move { Ok(pb::ShardIdsResponse { shard_ids: shard_ids.await? }) }
         };
         answer_or_forward("refresh", request, local, |c, r| async move { client(c).refresh(r).await }, &self.node).await
     }
 
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let local = |m: pb::ReleaseRequest| async move {
-            let command = Command::Release { address: m.address, shard_id: m.shard_id.into() };
-            self.write(m.request_id, command, replies::done).await?;
-            Ok(pb::ReleaseResponse {})
+        let local = |m: &pb::ReleaseRequest| {
+            let command = Command::Release { address: m.address.clone(), shard_id: m.shard_id.as_str().into() };
+            let done = self.write(m.request_id.clone(), command, replies::done);
+            async move { done.await.map(|()| pb::ReleaseResponse {}) }
         };
         answer_or_forward("release", request, local, |c, r| async move { client(c).release(r).await }, &self.node).await
     }
@@ -138,9 +140,10 @@ impl pb::runner_storage_server::RunnerStorage for RunnerStorageService {
         &self,
         request: Request<pb::ReleaseAllRequest>,
     ) -> Result<Response<pb::ReleaseAllResponse>, Status> {
-        let local = |m: pb::ReleaseAllRequest| async move {
-            self.write(m.request_id, Command::ReleaseAll { address: m.address }, replies::done).await?;
-            Ok(pb::ReleaseAllResponse {})
+        let local = |m: &pb::ReleaseAllRequest| {
+            let done =
+                self.write(m.request_id.clone(), Command::ReleaseAll { address: m.address.clone() }, replies::done);
+            async move { done.await.map(|()| pb::ReleaseAllResponse {}) }
         };
         answer_or_forward(
             "release_all",
