@@ -118,10 +118,17 @@ const _: () =
 /// stream (an older release) before it tries a stream again.
 pub const APPEND_STREAM_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Pause between attempts to reach a peer that refused or dropped the
-/// connection. Short, so a restarted node is caught up soon after it comes
-/// up; a refused connect on a dead peer costs next to nothing.
-pub const PEER_UNREACHABLE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long a new cluster's peers other than the lowest-id one wait for a
+/// leader to reach them before they initialise the cluster themselves
+/// (`Node::bootstrap_if_pristine`). Only the first start of a cluster whose
+/// lowest peer is down pays it.
+pub const BOOTSTRAP_DEFER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Longest pause between attempts to reach a peer that refused or dropped
+/// the connection; the pause is the heartbeat interval when that is
+/// shorter (`raft::network`). Short, so a restarted node hears from the
+/// leader soon after it comes up; a refused connect costs next to nothing.
+pub const PEER_UNREACHABLE_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Log entries a node keeps decoded in memory after appending them
 /// (`raft::recent_entries`), so that replicating and applying them reads no

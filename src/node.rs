@@ -129,7 +129,9 @@ impl Node {
         let dialer = config.peer_dialer()?;
         let lease = Duration::from_millis(config.raft.election_timeout_max_ms);
         let (election_nudges, nudge_queue) = Nudges::new(lease);
-        let network = Network::new(dialer.clone(), election_nudges.clone());
+        let unreachable_backoff =
+            Duration::from_millis(config.raft.heartbeat_interval_ms).min(crate::limits::PEER_UNREACHABLE_BACKOFF_MAX);
+        let network = Network::new(dialer.clone(), election_nudges.clone(), unreachable_backoff);
         let raft = Raft::new(config.node_id, raft_config, network, log_store, state_machine.clone())
             .await
             .context("cannot start Raft")?;
@@ -160,23 +162,59 @@ impl Node {
         }))
     }
 
-    /// Initialises a pristine node with the configured peers. Every node of a
-    /// new cluster does this with the same membership, which openraft allows.
-    /// Returns whether this call initialised it.
+    /// Bootstraps a new cluster from a pristine node (no Raft state yet) whose
+    /// config lists peers. Returns whether the node was pristine.
+    ///
+    /// The peer with the lowest id initialises the cluster at once; the
+    /// others wait up to [`limits::BOOTSTRAP_DEFER`] for the elected leader
+    /// to reach them, and initialise only if none did (the lowest peer is
+    /// down), so that a new cluster still forms without it. openraft
+    /// campaigns on every node it initialises: when every peer initialised,
+    /// one started a few ms after the first leader was elected campaigned
+    /// too, and its vote (same term, higher node id) deposed that leader,
+    /// an election nobody needed on about 1 fresh start in 3.
     ///
     /// # Errors
-    /// When openraft fails to initialise for another reason than being initialised already.
-    pub async fn bootstrap_if_pristine(&self, config: &NodeConfig) -> anyhow::Result<bool> {
-        if config.peers.is_empty() || self.raft.is_initialized().await.context("reading Raft state")? {
+    /// When the Raft state cannot be read, or initialising fails for another
+    /// reason than being initialised already.
+    pub async fn bootstrap_if_pristine(self: &Arc<Self>, config: &NodeConfig) -> anyhow::Result<bool> {
+        if config.peers.is_empty() || self.is_initialized().await? {
             return Ok(false);
         }
         let members: BTreeMap<NodeId, BasicNode> =
             config.peers.iter().map(|peer| (peer.id, BasicNode::new(peer.address.clone()))).collect();
+        if members.keys().next() == Some(&self.id) {
+            self.initialize(members).await?;
+            return Ok(true);
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + crate::limits::BOOTSTRAP_DEFER;
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(BOOTSTRAP_POLL).await;
+                if node.is_initialized().await.unwrap_or(false) {
+                    return;
+                }
+            }
+            tracing::info!(defer = ?crate::limits::BOOTSTRAP_DEFER, "no leader reached this new node: initialising the cluster here");
+            if let Err(error) = node.initialize(members).await {
+                tracing::error!(error = format!("{error:#}"), "cannot initialise the cluster");
+            }
+        });
+        Ok(true)
+    }
+
+    async fn is_initialized(&self) -> anyhow::Result<bool> {
+        self.raft.is_initialized().await.context("reading Raft state")
+    }
+
+    /// Initialises Raft with `members`; initialised already is no error.
+    async fn initialize(&self, members: BTreeMap<NodeId, BasicNode>) -> anyhow::Result<()> {
         match self.raft.initialize(members).await {
-            Ok(()) => Ok(true),
+            Ok(()) => Ok(()),
             Err(RaftError::APIError(error)) => {
                 tracing::info!(%error, "already initialised");
-                Ok(false)
+                Ok(())
             }
             Err(error) => Err(error).context("cannot initialise the cluster"),
         }
@@ -337,6 +375,9 @@ fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
     };
     raft_config.validate().context("invalid Raft settings")
 }
+
+/// How often a pristine node waiting for the first leader checks whether it was reached.
+const BOOTSTRAP_POLL: Duration = Duration::from_millis(20);
 
 /// Longest a membership change waits: adding a learner waits for it to
 /// catch up, which may mean sending a whole snapshot.

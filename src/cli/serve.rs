@@ -38,8 +38,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (in use?)", config.listen))?;
     let node = Node::open(&config).await?;
-    let bootstrapped = node.bootstrap_if_pristine(&config).await?;
-    if let (true, Some(expiration)) = (bootstrapped, config.initial_lock_expiration_ms) {
+    let new_cluster = node.bootstrap_if_pristine(&config).await?;
+    if let (true, Some(expiration)) = (new_cluster, config.initial_lock_expiration_ms) {
         tokio::spawn(write_initial_lock_expiration(node.clone(), expiration));
     }
     tokio::spawn(log_leader_changes(node.clone()));
@@ -50,7 +50,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         node_id = config.node_id,
         listen = %config.listen,
         data_dir = %config.data_dir.display(),
-        bootstrapped,
+        new_cluster,
         "runner-storage node serving"
     );
     let security = service::ServerSecurity {
@@ -113,8 +113,8 @@ async fn shutdown_signal() {
     }
 }
 
-/// On a newly bootstrapped cluster, the leader writes the configured lock
-/// expiration once. Every bootstrapping node runs this; the first that is
+/// On a new cluster, the leader writes the configured lock expiration once.
+/// Every node of the new cluster runs this; the first that is
 /// leader writes it, the others see it applied and stop.
 async fn write_initial_lock_expiration(node: Arc<Node>, lock_expiration_ms: u64) {
     let deadline = tokio::time::Instant::now() + INITIAL_LOCK_EXPIRATION_DEADLINE;

@@ -40,13 +40,15 @@ pub struct Network {
     dialer: Dialer,
     peers: Arc<Mutex<HashMap<String, Peer>>>,
     nudges: Nudges,
+    unreachable_backoff: Duration,
 }
 
 impl Network {
-    /// A network that dials peers with `dialer` (TLS identity, token) and
-    /// reports the votes it receives to `nudges`.
-    pub fn new(dialer: Dialer, nudges: Nudges) -> Self {
-        Network { dialer, peers: Arc::default(), nudges }
+    /// A network that dials peers with `dialer` (TLS identity, token),
+    /// reports the votes it receives to `nudges`, and retries a peer it
+    /// cannot reach every `unreachable_backoff` (see [`PeerClient::backoff`]).
+    pub fn new(dialer: Dialer, nudges: Nudges, unreachable_backoff: Duration) -> Self {
+        Network { dialer, peers: Arc::default(), nudges, unreachable_backoff }
     }
 
     fn peer(&self, address: &str) -> Option<Peer> {
@@ -72,7 +74,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
         let peer = self.peer(&node.addr);
-        PeerClient::new(target, node.clone(), peer, self.dialer.clone(), self.nudges.clone())
+        let (dialer, nudges) = (self.dialer.clone(), self.nudges.clone());
+        PeerClient::new(target, node.clone(), peer, dialer, nudges, self.unreachable_backoff)
     }
 }
 
@@ -91,17 +94,25 @@ pub struct PeerClient {
     appends: Option<AppendStream>,
     /// Whether the peer takes append streams; `None` with an invalid address.
     streams: Option<Arc<StreamSupport>>,
+    unreachable_backoff: Duration,
 }
 
 impl PeerClient {
-    fn new(target: NodeId, node: Node, peer: Option<Peer>, dialer: Dialer, nudges: Nudges) -> Self {
+    fn new(
+        target: NodeId,
+        node: Node,
+        peer: Option<Peer>,
+        dialer: Dialer,
+        nudges: Nudges,
+        unreachable_backoff: Duration,
+    ) -> Self {
         let streams = peer.as_ref().map(|peer| peer.streams.clone());
         let client = peer.map(|Peer { channel, .. }| {
             RaftClient::new(channel)
                 .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
         });
-        PeerClient { target, node, client, dialer, nudges, appends: None, streams }
+        PeerClient { target, node, client, dialer, nudges, appends: None, streams, unreachable_backoff }
     }
 
     fn client<E: std::error::Error>(&self) -> Result<RaftClient<Channel>, RPCError<E>> {
@@ -175,7 +186,7 @@ fn encode_request<Req: Serialize, E: std::error::Error>(request: &Req) -> Result
 }
 
 /// A peer that cannot be connected to is `Unreachable`: openraft then backs
-/// off ([`limits::PEER_UNREACHABLE_BACKOFF`]) instead of retrying in a tight loop. A call that merely timed
+/// off ([`PeerClient::backoff`]) instead of retrying in a tight loop. A call that merely timed
 /// out (openraft's per-RPC timeout is one heartbeat interval) is a network
 /// error it retries at once: backing off there stalls every write by 500 ms
 /// whenever a follower is briefly slow.
@@ -242,10 +253,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         answer
     }
 
-    /// Retries an unreachable peer every [`limits::PEER_UNREACHABLE_BACKOFF`]
-    /// (openraft's default is 500 ms): a restarted node hears from the
-    /// leader within that time of coming up, not up to half a second later.
+    /// Retries an unreachable peer every heartbeat interval, at most
+    /// [`limits::PEER_UNREACHABLE_BACKOFF_MAX`] (openraft's default is
+    /// 500 ms). A node that comes up should hear from the leader before its
+    /// own election timer (more than two heartbeats, see `config.rs`) fires:
+    /// else it campaigns, and the leader, seeing the higher vote in the
+    /// append's answer, steps down for an election nobody needed. A fixed
+    /// 100 ms against the default 110–160 ms timeout left next to no margin.
     fn backoff(&self) -> Backoff {
-        Backoff::new(std::iter::repeat(limits::PEER_UNREACHABLE_BACKOFF))
+        Backoff::new(std::iter::repeat(self.unreachable_backoff))
     }
 }

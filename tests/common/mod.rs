@@ -96,14 +96,20 @@ impl TestCluster {
     }
 
     pub fn start_with(size: u64, tuning: Tuning) -> TestCluster {
+        let mut cluster = Self::configure(size, tuning);
+        for id in 1..=size {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    /// Writes the configs of a new `size`-node cluster and starts none of them.
+    pub fn configure(size: u64, tuning: Tuning) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut cluster = TestCluster { dir, nodes: BTreeMap::new(), tuning };
         let peers: Vec<(u64, String)> = (1..=size).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
         for (id, address) in &peers {
             cluster.write_node(*id, address, &peers);
-        }
-        for id in 1..=size {
-            cluster.spawn(id);
         }
         cluster
     }
