@@ -198,15 +198,28 @@ impl Client {
         }
     }
 
-    /// The [`Error`] of a failed attempt, naming a plaintext-versus-TLS
-    /// mismatch, which gRPC reports only as an HTTP/2 protocol error.
+    /// The [`Error`] of a failed attempt. gRPC reports every HTTP/2 failure
+    /// as `INTERNAL`; two of them mean something else:
+    /// - the node closed the connection or refused the stream (its
+    ///   `GOAWAY` when it shuts down gracefully fails the calls it will not
+    ///   take): `Unavailable`, so the call moves to another node;
+    /// - this plaintext client could not parse what the node sent (a TLS
+    ///   record read as an HTTP/2 frame): a TLS-versus-plaintext mismatch.
     fn explain(&self, endpoint: &str, status: tonic::Status) -> Error {
-        let protocol_error = status.code() == tonic::Code::Internal && status.message().contains("h2 protocol error");
-        if protocol_error && !self.dialer.uses_tls() {
-            return Error::Unauthenticated(format!(
-                "{endpoint} did not speak plaintext gRPC: the cluster probably uses TLS; \
-                 connect with its CA (--tls-ca or RUNNER_STORAGE_TLS_CA)"
-            ));
+        if let Some(h2) = h2_error(&status) {
+            let closed_by_node = h2.is_remote()
+                && (h2.is_go_away() || matches!(h2.reason(), Some(h2::Reason::NO_ERROR | h2::Reason::REFUSED_STREAM)));
+            if closed_by_node {
+                return Error::unavailable(format!("{endpoint} closed the call ({h2}): it may be shutting down"));
+            }
+            let unreadable = h2.is_library()
+                && matches!(h2.reason(), Some(h2::Reason::FRAME_SIZE_ERROR | h2::Reason::PROTOCOL_ERROR));
+            if unreadable && !self.dialer.uses_tls() {
+                return Error::Unauthenticated(format!(
+                    "{endpoint} did not speak plaintext gRPC: the cluster probably uses TLS; \
+                     connect with its CA (--tls-ca or RUNNER_STORAGE_TLS_CA)"
+                ));
+            }
         }
         from_status(status)
     }
@@ -406,6 +419,18 @@ impl Encoded for Client {
         let message = pb::ReleaseAllRequest { address: address.into(), request_id: self.request_id() };
         self.runner_call(message, |mut c, r| async move { c.release_all(r).await }).await.map(|_| ())
     }
+}
+
+/// The HTTP/2 error behind a failed call, if that is what failed it.
+fn h2_error(status: &tonic::Status) -> Option<&h2::Error> {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return Some(h2);
+        }
+        source = error.source();
+    }
+    None
 }
 
 #[cfg(test)]
