@@ -111,7 +111,9 @@ pub struct NodeConfig {
     /// CPUs / nodes each: three nodes on 2 cores wrote 8% more per second
     /// with 1 each than with 2 (`BENCHMARKS.md`, set I), since their
     /// threads no longer wake and steal work across the same two cores.
-    /// 1 runs the node on a current-thread runtime (see `cli::runtime`).
+    /// 1 runs the node on a current-thread runtime, which writes a batch's
+    /// replies together: more writes per second under load, a little more
+    /// latency when idle (see `cli::runtime`).
     #[serde(default)]
     pub worker_threads: Option<usize>,
 }

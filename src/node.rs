@@ -166,7 +166,7 @@ impl Node {
     /// config lists peers. Returns whether the node was pristine.
     ///
     /// The peer with the lowest id initialises the cluster at once; the
-    /// others wait up to [`limits::BOOTSTRAP_DEFER`] for the elected leader
+    /// others wait up to [`crate::limits::BOOTSTRAP_DEFER`] for the elected leader
     /// to reach them, and initialise only if none did (the lowest peer is
     /// down), so that a new cluster still forms without it. openraft
     /// campaigns on every node it initialises: when every peer initialised,

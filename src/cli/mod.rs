@@ -70,8 +70,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// the socket before the next call's reply is even made, one `writev` per
 /// call. The current-thread scheduler queues wake-ups in order, so the
 /// connection runs after all the replies of the batch and writes them
-/// together: on the leader at `refresh` C=64, 1.06 → 0.26 `writev` per call
-/// (`BENCHMARKS.md`, set K).
+/// together: on the leader at `refresh` C=64, 1.06 → 0.26 `writev` per call,
+/// and 25–50% more writes per second at C=64. The price is latency when
+/// little is queued: woken tasks wait their turn, so one call's chain of
+/// hand-offs is slower (C=1 writes ~0.1 ms, `getRunners` at C=16 a fifth
+/// fewer per second; `BENCHMARKS.md`, set K).
 fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = match threads {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
