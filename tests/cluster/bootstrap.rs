@@ -3,7 +3,7 @@
 
 use runner_storage::Encoded;
 
-use crate::common::{runner_json, TestCluster, Tuning, CATCH_UP_TIMEOUT, LEADER_TIMEOUT};
+use crate::common::{eventually, runner_json, TestCluster, Tuning, CATCH_UP_TIMEOUT, LEADER_TIMEOUT};
 
 const NODES: u64 = 3;
 
@@ -43,6 +43,9 @@ async fn the_first_leader_of_a_new_cluster_is_never_deposed() {
         }
         let mut leads = Vec::new();
         for id in 1..=NODES {
+            // The line is written by a task of its own, maybe a moment after the apply.
+            let logged = || async { leader_changes(&cluster.log_since(id, 0)).iter().any(Option::is_some) };
+            eventually(&format!("node {id} logs its leader"), LEADER_TIMEOUT, logged).await;
             let changes = leader_changes(&cluster.log_since(id, 0));
             let first_lead = changes.iter().position(Option::is_some).expect("the node logged its leader");
             let after = &changes[first_lead..];
