@@ -155,21 +155,18 @@ impl PeerClient {
         result.map_err(|error| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), error)))
     }
 
-    /// One AppendEntries over the session's stream, opening it on `client`
-    /// when none is open. The stream is kept only when the exchange completed
-    /// within `ttl`.
+    /// One AppendEntries on `stream`; the stream is kept for the next one
+    /// only when this exchange completed within `ttl`.
     async fn append_on_stream(
         &mut self,
-        client: Option<RaftClient<Channel>>,
+        stream: StreamStep,
         payload: RaftPayload,
         ttl: Duration,
     ) -> Result<RaftPayload, tonic::Status> {
-        let open = self.appends.take();
         let exchange = async {
-            match (open, client) {
-                (Some(mut stream), _) => stream.exchange(payload).await.map(|answer| (stream, answer)),
-                (None, Some(mut client)) => AppendStream::open(&mut client, &self.dialer, payload).await,
-                (None, None) => Err(tonic::Status::internal("no append stream is open and no client to open one")),
+            match stream {
+                StreamStep::Reuse(mut stream) => stream.exchange(payload).await.map(|answer| (stream, answer)),
+                StreamStep::Open(mut client) => AppendStream::open(&mut client, &self.dialer, payload).await,
             }
         };
         let (stream, answer) = tokio::time::timeout(ttl, exchange)
@@ -178,6 +175,13 @@ impl PeerClient {
         self.appends = Some(stream);
         Ok(answer)
     }
+}
+
+/// The stream an AppendEntries goes on: the session's open one, or a new
+/// one opened on the peer's client.
+enum StreamStep {
+    Reuse(AppendStream),
+    Open(RaftClient<Channel>),
 }
 
 fn encode_request<Req: Serialize, E: std::error::Error>(request: &Req) -> Result<RaftPayload, RPCError<E>> {
@@ -205,18 +209,16 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse, RPCError> {
         // An open stream carries the session's appends with no lock or clone;
         // the peer's stream support is consulted only to open one.
-        let use_stream = if self.appends.is_some() {
-            Some(None)
-        } else {
-            match &self.streams {
-                Some(streams) if streams.may_open() => Some(Some((streams.clone(), self.client()?))),
-                _ => None,
-            }
+        let (step, streams) = match self.appends.take() {
+            Some(stream) => (Some(StreamStep::Reuse(stream)), None),
+            None => match &self.streams {
+                Some(streams) if streams.may_open() => (Some(StreamStep::Open(self.client()?)), Some(streams.clone())),
+                _ => (None, None),
+            },
         };
-        if let Some(opening) = use_stream {
-            let (streams, client) = opening.unzip();
+        if let Some(step) = step {
             let payload = encode_request(&rpc)?;
-            match self.append_on_stream(client, payload, option.hard_ttl()).await {
+            match self.append_on_stream(step, payload, option.hard_ttl()).await {
                 Ok(answer) => {
                     if let Some(streams) = streams {
                         streams.accepted();
