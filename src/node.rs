@@ -189,12 +189,13 @@ impl Node {
         }
         let node = self.clone();
         tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + crate::limits::BOOTSTRAP_DEFER;
-            while tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(BOOTSTRAP_POLL).await;
-                if node.is_initialized().await.unwrap_or(false) {
-                    return;
-                }
+            // openraft's own notion of initialised: a log entry or a vote.
+            let reached = |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
+                m.last_log_index.is_some() || m.vote != openraft::Vote::default()
+            };
+            let wait = node.raft.wait(Some(crate::limits::BOOTSTRAP_DEFER));
+            if wait.metrics(reached, "reached by a leader").await.is_ok() {
+                return;
             }
             tracing::info!(defer = ?crate::limits::BOOTSTRAP_DEFER, "no leader reached this new node: initialising the cluster here");
             if let Err(error) = node.initialize(members).await {
@@ -375,9 +376,6 @@ fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
     };
     raft_config.validate().context("invalid Raft settings")
 }
-
-/// How often a pristine node waiting for the first leader checks whether it was reached.
-const BOOTSTRAP_POLL: Duration = Duration::from_millis(20);
 
 /// Longest a membership change waits: adding a learner waits for it to
 /// catch up, which may mean sending a whole snapshot.
