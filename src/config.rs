@@ -61,6 +61,9 @@ pub struct RaftTuning {
     pub snapshot_logs_since_last: u64,
     /// Entries kept in the log behind the snapshot for slow followers.
     pub logs_kept_after_snapshot: u64,
+    /// Whether the leader sends new entries to followers while its own log
+    /// flush runs (`raft::early_replication`); off, it sends them after.
+    pub early_replication: bool,
 }
 
 impl Default for RaftTuning {
@@ -71,6 +74,7 @@ impl Default for RaftTuning {
             election_timeout_max_ms: 160,
             snapshot_logs_since_last: limits::SNAPSHOT_LOGS_SINCE_LAST_DEFAULT,
             logs_kept_after_snapshot: limits::LOGS_KEPT_AFTER_SNAPSHOT_DEFAULT,
+            early_replication: true,
         }
     }
 }

@@ -118,6 +118,24 @@ const _: () =
 /// stream (an older release) before it tries a stream again.
 pub const APPEND_STREAM_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Entries in one early append (`raft::early_replication`); an append of
+/// more goes only the usual way. openraft appends one entry per proposal,
+/// and at most `PROPOSALS_IN_FLIGHT_MAX` are outstanding.
+pub const EARLY_ENTRIES_MAX: usize = REPLICATION_ENTRIES_MAX as usize;
+
+/// Early appends queued or unanswered on one link at once; an offer beyond
+/// is dropped, and its entries go the usual way.
+pub const EARLY_APPENDS_IN_FLIGHT_MAX: usize = 64;
+
+/// How long a link to a follower lives without openraft sending it
+/// anything (heartbeats included): past it, the follower is no longer
+/// replicated to (removed, or the leader stepped down) and gets no offers.
+pub const EARLY_LINK_IDLE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long an early link waits for its stream to open before it gives up
+/// the offer at hand (the next offer tries again).
+pub const EARLY_STREAM_OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// How long a new cluster's peers other than the lowest-id one wait for a
 /// leader to reach them before they initialise the cluster themselves
 /// (`Node::bootstrap_if_pristine`). Only the first start of a cluster whose

@@ -62,6 +62,10 @@ pub struct RaftView {
     pub log_flushed_appends: u64,
     /// Seconds spent flushing the log.
     pub log_flush_seconds: f64,
+    /// Appends of entries answered from their early copy (leader).
+    pub early_answered_appends: u64,
+    /// Appends of entries sent the usual way with early replication on (leader).
+    pub early_usual_appends: u64,
 }
 
 /// Every metric of one node.
@@ -96,6 +100,8 @@ struct RaftGauges {
     log_flushes: Gauge,
     log_flushed_appends: Gauge,
     log_flush_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    early_answered_appends: Gauge,
+    early_usual_appends: Gauge,
 }
 
 /// Latency buckets: 100 µs doubling to ~3.3 s.
@@ -151,6 +157,16 @@ impl Metrics {
             raft.log_flushed_appends.clone(),
         );
         registry.register("log_flush_seconds", "Seconds spent flushing the Raft log", raft.log_flush_seconds.clone());
+        registry.register(
+            "early_answered_appends",
+            "Appends to followers answered from the early copy sent while the leader flushed",
+            raft.early_answered_appends.clone(),
+        );
+        registry.register(
+            "early_usual_appends",
+            "Appends to followers sent the usual way, after the leader's flush, with early replication on",
+            raft.early_usual_appends.clone(),
+        );
         Metrics { registry, calls, call_seconds, errors, raft }
     }
 
@@ -182,6 +198,8 @@ impl Metrics {
         set(&gauges.log_flushes, raft.log_flushes);
         set(&gauges.log_flushed_appends, raft.log_flushed_appends);
         gauges.log_flush_seconds.set(raft.log_flush_seconds);
+        set(&gauges.early_answered_appends, raft.early_answered_appends);
+        set(&gauges.early_usual_appends, raft.early_usual_appends);
         let state = &applied.state;
         let now_ms = now_ms.max(state.now_ms());
         set(&gauges.live_runners, state.runners().values().filter(|r| state.is_live(r, now_ms)).count() as u64);

@@ -21,6 +21,7 @@ use crate::config::NodeConfig;
 use crate::error::Error;
 use crate::model::RequestId;
 use crate::proposer::{Proposer, Refused};
+use crate::raft::early_replication::EarlyReplication;
 use crate::raft::election::{self, Nudges};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
@@ -74,6 +75,7 @@ pub struct Node {
     pub metrics: crate::metrics::Metrics,
     committed_index: Arc<AtomicU64>,
     flush_stats: Arc<crate::raft::log_store::FlushStats>,
+    early_stats: Option<Arc<crate::raft::early_replication::EarlyStats>>,
     db: sled::Db,
     planted_bug: Option<PlantedBug>,
 }
@@ -121,6 +123,11 @@ impl Node {
             .open()
             .with_context(|| format!("cannot open data_dir {} (in use by another node?)", config.data_dir.display()))?;
         let mut log_store = LogStore::open(&db).context("cannot open the Raft log")?;
+        let early = config.raft.early_replication.then(|| EarlyReplication::new(config.node_id));
+        let early_stats = early.as_ref().map(EarlyReplication::stats);
+        if let Some(early) = &early {
+            log_store = log_store.with_early_replication(early.clone()).context("cannot open the Raft log")?;
+        }
         let restored_lead = restored_lead(&mut log_store, config.node_id).await?;
         let state_machine = StateMachineStore::open(&db, State::default()).context("cannot open the state machine")?;
         let raft_config = Arc::new(raft_config(config)?);
@@ -131,7 +138,7 @@ impl Node {
         let (election_nudges, nudge_queue) = Nudges::new(lease);
         let unreachable_backoff =
             Duration::from_millis(config.raft.heartbeat_interval_ms).min(crate::limits::PEER_UNREACHABLE_BACKOFF_MAX);
-        let network = Network::new(dialer.clone(), election_nudges.clone(), unreachable_backoff);
+        let network = Network::new(dialer.clone(), election_nudges.clone(), unreachable_backoff, early);
         let raft = Raft::new(config.node_id, raft_config, network, log_store, state_machine.clone())
             .await
             .context("cannot start Raft")?;
@@ -157,6 +164,7 @@ impl Node {
             metrics,
             committed_index,
             flush_stats,
+            early_stats,
             db,
             planted_bug,
         }))
@@ -303,6 +311,8 @@ impl Node {
             log_flushes: self.flush_stats.flushes.load(Ordering::Relaxed),
             log_flushed_appends: self.flush_stats.appends.load(Ordering::Relaxed),
             log_flush_seconds: self.flush_stats.flush_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            early_answered_appends: self.early_stats.as_ref().map_or(0, |s| s.answered.load(Ordering::Relaxed)),
+            early_usual_appends: self.early_stats.as_ref().map_or(0, |s| s.sent_as_usual.load(Ordering::Relaxed)),
         }
     }
 

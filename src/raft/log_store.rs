@@ -8,6 +8,10 @@
 //! batch however many appends arrived while the previous fsync ran. The
 //! vote is flushed before `save_vote` returns.
 //!
+//! Early replication: on the leader, `append` also offers the new entries
+//! to [`EarlyReplication`], which sends them to the followers while the
+//! flush runs (see that module for why that is safe).
+//!
 //! Reads: every appended entry is also kept decoded in a bounded in-memory
 //! tail ([`RecentEntries`]), which serves openraft's reads of it (for
 //! replication and for applying) without touching sled.
@@ -21,6 +25,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, LogId, OptionalSend, StorageError, StorageIOError, Vote};
 use tokio::sync::mpsc;
 
+use super::early_replication::EarlyReplication;
 use super::recent_entries::RecentEntries;
 use super::sled_schema::{self as schema, decode, encode};
 use super::{NodeId, TypeConfig};
@@ -50,6 +55,17 @@ pub struct LogStore {
     flush_stats: Arc<FlushStats>,
     /// The log's tail, decoded: what openraft reads back is served from here.
     recent: Arc<Mutex<RecentEntries>>,
+    /// What an early append needs to know of this log; `None` without early replication.
+    early: Option<(EarlyReplication, Arc<Mutex<EarlyView>>)>,
+}
+
+/// What the log knows that an early append carries: the vote it saved last,
+/// the id of its last entry (the next append's `prev`), the commit index.
+#[derive(Debug, Default)]
+pub struct EarlyView {
+    vote: Option<Vote<NodeId>>,
+    last_appended: Option<LogId<NodeId>>,
+    committed: Option<LogId<NodeId>>,
 }
 
 impl LogStore {
@@ -70,10 +86,31 @@ impl LogStore {
             .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
         let committed_index = Arc::new(AtomicU64::new(0));
         let recent = Arc::default();
-        let store = LogStore { db: db.clone(), logs, meta, flush_requests, committed_index, flush_stats, recent };
+        let store =
+            LogStore { db: db.clone(), logs, meta, flush_requests, committed_index, flush_stats, recent, early: None };
         let committed = store.read_meta::<Option<LogId<NodeId>>>(schema::COMMITTED_KEY)?.flatten();
         store.committed_index.store(committed.map_or(0, |log_id| log_id.index), Ordering::Relaxed);
         Ok(store)
+    }
+
+    /// Offers every entry this node appends as leader to `early`.
+    ///
+    /// # Errors
+    /// When the last log id cannot be read.
+    pub fn with_early_replication(mut self, early: EarlyReplication) -> Result<Self, StorageError<NodeId>> {
+        let committed = self.read_meta::<Option<LogId<NodeId>>>(schema::COMMITTED_KEY)?.flatten();
+        let last_purged = self.read_meta::<LogId<NodeId>>(schema::LAST_PURGED_KEY)?;
+        let last_appended = self.last_entry_log_id()?.max(last_purged);
+        let view = EarlyView { vote: None, last_appended, committed };
+        self.early = Some((early, Arc::new(Mutex::new(view))));
+        Ok(self)
+    }
+
+    /// Notes `update` in the early view, if there is one.
+    fn update_early_view(&self, update: impl FnOnce(&mut EarlyView)) {
+        if let Some((_, view)) = &self.early {
+            update(&mut view.lock().unwrap_or_else(PoisonError::into_inner));
+        }
     }
 
     /// The index of the last log id saved as committed (0 before any).
@@ -125,6 +162,13 @@ impl LogStore {
             self.recent().push(entry, encoded_bytes);
         }
         Ok(())
+    }
+
+    async fn request_flush(&self, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>> {
+        self.flush_requests
+            .send(callback)
+            .await
+            .map_err(|_| StorageIOError::write_logs(AnyError::error("the log flusher task has stopped")).into())
     }
 
     fn last_entry_log_id(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
@@ -229,7 +273,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.write_meta(schema::VOTE_KEY, vote, true).await
+        self.write_meta(schema::VOTE_KEY, vote, true).await?;
+        // Only a flushed vote may go out with early appends.
+        self.update_early_view(|view| view.vote = Some(*vote));
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
@@ -241,6 +288,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // snapshot up to a smaller index, which openraft handles.
         self.write_meta(schema::COMMITTED_KEY, &committed, false).await?;
         self.committed_index.store(committed.map_or(0, |log_id| log_id.index), Ordering::Relaxed);
+        self.update_early_view(|view| view.committed = committed);
         Ok(())
     }
 
@@ -258,15 +306,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // sync_file_range calls on the core's path), and Raft needs no more
         // than what sled's log order already gives: after a crash, a prefix
         // of these entries survives, and none is acknowledged before the flush.
-        self.insert_entries(entries)?;
-        self.flush_requests
-            .send(callback)
-            .await
-            .map_err(|_| StorageIOError::write_logs(AnyError::error("the log flusher task has stopped")))?;
+        let Some((early, view)) = &self.early else {
+            self.insert_entries(entries)?;
+            return self.request_flush(callback).await;
+        };
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        self.insert_entries(entries.iter().cloned())?;
+        self.request_flush(callback).await?;
+        let Some(last) = entries.last() else { return Ok(()) };
+        let (vote, prev, committed) = {
+            let mut view = view.lock().unwrap_or_else(PoisonError::into_inner);
+            let prev = view.last_appended.replace(last.log_id);
+            (view.vote, prev, view.committed)
+        };
+        // Only entries that follow the last one known here: after a
+        // truncation the next entry's predecessor is not known.
+        let follows = prev.map_or(0, |prev| prev.index + 1) == entries[0].log_id.index;
+        if let (Some(vote), true) = (vote, follows) {
+            early.offer(&vote, prev, committed, &entries);
+        }
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.update_early_view(|view| view.last_appended = None);
         self.recent().truncate_from(log_id.index);
         self.remove_range(log_id.index..)?;
         self.db.flush_async().await.map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;

@@ -7,9 +7,11 @@
 //! - [`network`]: the client side of Raft RPCs to peers (tonic).
 //! - [`server`]: the server side of Raft RPCs from peers (tonic).
 //! - [`append_stream`]: replication over one gRPC stream per session.
+//! - [`early_replication`]: the leader sends entries while its flush runs.
 //! - [`sled_schema`]: every tree and key on disk.
 
 pub mod append_stream;
+pub mod early_replication;
 pub mod election;
 pub mod log_store;
 pub mod network;

@@ -17,6 +17,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tonic::transport::Channel;
 
 use super::append_stream::{AppendStream, StreamSupport};
+use super::early_replication::{EarlyAnswer, EarlyReplication};
 use super::election::Nudges;
 use super::typ::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -41,14 +42,17 @@ pub struct Network {
     peers: Arc<Mutex<HashMap<String, Peer>>>,
     nudges: Nudges,
     unreachable_backoff: Duration,
+    early: Option<EarlyReplication>,
 }
 
 impl Network {
     /// A network that dials peers with `dialer` (TLS identity, token),
     /// reports the votes it receives to `nudges`, and retries a peer it
     /// cannot reach every `unreachable_backoff` (see [`PeerClient::backoff`]).
-    pub fn new(dialer: Dialer, nudges: Nudges, unreachable_backoff: Duration) -> Self {
-        Network { dialer, peers: Arc::default(), nudges, unreachable_backoff }
+    /// With `early`, appends of entries the followers already took early
+    /// are answered from there (see [`EarlyReplication`]).
+    pub fn new(dialer: Dialer, nudges: Nudges, unreachable_backoff: Duration, early: Option<EarlyReplication>) -> Self {
+        Network { dialer, peers: Arc::default(), nudges, unreachable_backoff, early }
     }
 
     fn peer(&self, address: &str) -> Option<Peer> {
@@ -75,7 +79,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
         let peer = self.peer(&node.addr);
         let (dialer, nudges) = (self.dialer.clone(), self.nudges.clone());
-        PeerClient::new(target, node.clone(), peer, dialer, nudges, self.unreachable_backoff)
+        let mut client = PeerClient::new(target, node.clone(), peer, dialer, nudges, self.unreachable_backoff);
+        client.early = self.early.clone();
+        client
     }
 }
 
@@ -95,6 +101,7 @@ pub struct PeerClient {
     /// Whether the peer takes append streams; `None` with an invalid address.
     streams: Option<Arc<StreamSupport>>,
     unreachable_backoff: Duration,
+    early: Option<EarlyReplication>,
 }
 
 impl PeerClient {
@@ -112,7 +119,7 @@ impl PeerClient {
                 .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
         });
-        PeerClient { target, node, client, dialer, nudges, appends: None, streams, unreachable_backoff }
+        PeerClient { target, node, client, dialer, nudges, appends: None, streams, unreachable_backoff, early: None }
     }
 
     fn client<E: std::error::Error>(&self) -> Result<RaftClient<Channel>, RPCError<E>> {
@@ -177,6 +184,21 @@ impl PeerClient {
     }
 }
 
+impl PeerClient {
+    /// Keeps the early link to this peer open for `rpc`'s vote, and answers
+    /// `rpc` from the peer's answer to an early copy of its entries, if any.
+    async fn early_answer(&self, rpc: &AppendEntriesRequest, ttl: Duration) -> EarlyAnswer {
+        let (Some(early), Some(client), Some(streams)) = (&self.early, &self.client, &self.streams) else {
+            return EarlyAnswer::SendAsUsual;
+        };
+        early.keep_link(self.target, &rpc.vote, client, &self.dialer, streams);
+        match rpc.entries.last() {
+            Some(last) => early.answer(self.target, &rpc.vote, last.log_id.index, ttl).await,
+            None => EarlyAnswer::SendAsUsual,
+        }
+    }
+}
+
 /// The stream an AppendEntries goes on: the session's open one, or a new
 /// one opened on the peer's client.
 enum StreamStep {
@@ -207,6 +229,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse, RPCError> {
+        match self.early_answer(&rpc, option.hard_ttl()).await {
+            EarlyAnswer::Confirmed => return Ok(AppendEntriesResponse::Success),
+            EarlyAnswer::TimedOut => {
+                let status = tonic::Status::deadline_exceeded("the early copy of these entries is unanswered");
+                return Err(status_to_rpc_error(&status));
+            }
+            EarlyAnswer::SendAsUsual => {}
+        }
         // An open stream carries the session's appends with no lock or clone;
         // the peer's stream support is consulted only to open one.
         let (step, streams) = match self.appends.take() {

@@ -1,0 +1,354 @@
+//! Early replication: the leader sends the entries it appends to its
+//! followers while its own log flush runs, not after it (Ongaro's thesis,
+//! §10.2.1; etcd's leader does the same).
+//!
+//! openraft 0.9 awaits the leader's flush inside its core before it hands new
+//! entries to replication, so every write pays two flushes in a row: the
+//! leader's, then a follower's. Here the log store, when the leader appends
+//! (before its flush), [offers](EarlyReplication::offer) the entries to one
+//! link per follower, which sends them at once as an ordinary AppendEntries
+//! on a gRPC stream of its own, several in flight. When openraft's
+//! replication later asks to send the same entries, the network
+//! [answers](EarlyReplication::answer) it with the follower's answer to the
+//! early copy instead of sending them again. A write then waits for one
+//! flush after the leader's request: the follower's, overlapped with the
+//! leader's.
+//!
+//! Why this keeps Raft safe:
+//! - An early append is an AppendEntries the leader could have sent itself:
+//!   its vote (saved and flushed before it appended anything in its term),
+//!   its own entries and the log id before them, and a commit index it has
+//!   already committed. Raft lets a leader send entries before they are
+//!   durable on its own disk; it must only not count itself for them before
+//!   that, and openraft still counts the leader only after its flush.
+//! - A follower that answered success to (vote, prev, entries through M) had,
+//!   when it answered, a log equal to the leader's through M. Answering a
+//!   later request of the same vote for entries through L ≤ M with that
+//!   success is what a network that delayed the follower's answer would do,
+//!   and Raft tolerates delayed answers.
+//! - Anything else (another vote, a rejection, a failed stream, entries not
+//!   offered early, heartbeats) goes to the follower as openraft asked.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use openraft::{LogId, Vote};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::Streaming;
+
+use super::append_stream::StreamSupport;
+use super::typ::{AppendEntriesRequest, AppendEntriesResponse, RaftError};
+use super::{NodeId, TypeConfig};
+use crate::limits;
+use crate::pb::raft::raft_client::RaftClient;
+use crate::pb::raft::RaftPayload;
+use crate::transport::Dialer;
+
+type Entry = openraft::Entry<TypeConfig>;
+
+/// The leader's early links to its followers, one per follower and vote.
+/// Cheap to clone; every clone shares the links.
+#[derive(Debug, Clone)]
+pub struct EarlyReplication {
+    id: NodeId,
+    links: Arc<Mutex<HashMap<NodeId, Link>>>,
+    stats: Arc<EarlyStats>,
+}
+
+/// How often openraft's appends of entries were answered early.
+#[derive(Debug, Default)]
+pub struct EarlyStats {
+    /// Appends answered from a follower's answer to their early copy.
+    pub answered: AtomicU64,
+    /// Appends sent the usual way (not offered early, refused, failed).
+    pub sent_as_usual: AtomicU64,
+}
+
+/// One follower's link under one vote: the queue of its sender task and
+/// what the follower has answered so far.
+#[derive(Debug, Clone)]
+struct Link {
+    vote: Vote<NodeId>,
+    offers: mpsc::Sender<Offer>,
+    progress: Arc<watch::Sender<Progress>>,
+    /// When openraft last sent anything to the follower: a link it no
+    /// longer replicates to (removed from the membership) stops being fed.
+    last_used: Instant,
+}
+
+/// An early AppendEntries for one link, and the index of its last entry.
+#[derive(Debug)]
+struct Offer {
+    payload: RaftPayload,
+    last_index: u64,
+}
+
+/// Highest last-entry indexes of a link's early appends: queued, answered
+/// (in any way, or given up), and answered with success.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Progress {
+    offered: Option<u64>,
+    settled: Option<u64>,
+    confirmed: Option<u64>,
+}
+
+/// How [`EarlyReplication::answer`] settles one of openraft's appends.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EarlyAnswer {
+    /// The follower already confirmed these entries: answer success.
+    Confirmed,
+    /// Nothing early covers them (or it failed): send them as usual.
+    SendAsUsual,
+    /// The early copy is still unanswered after the RPC's time to live.
+    TimedOut,
+}
+
+impl EarlyReplication {
+    /// Early replication for node `id`; it sends nothing until openraft's
+    /// replication to a follower has [kept a link](Self::keep_link) open.
+    pub fn new(id: NodeId) -> Self {
+        EarlyReplication { id, links: Arc::default(), stats: Arc::default() }
+    }
+
+    /// How often appends were answered early.
+    pub fn stats(&self) -> Arc<EarlyStats> {
+        self.stats.clone()
+    }
+
+    fn links(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Link>> {
+        self.links.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends `entries`, just appended to the leader's log after `prev` and
+    /// not yet flushed, to every follower linked under `vote`, with
+    /// `committed` as the commit index. Does nothing unless `vote` is this
+    /// node's own committed (leader) vote and the entries are its own.
+    pub fn offer(
+        &self,
+        vote: &Vote<NodeId>,
+        prev: Option<LogId<NodeId>>,
+        committed: Option<LogId<NodeId>>,
+        entries: &[Entry],
+    ) {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return };
+        let leads = vote.is_committed() && vote.leader_id().voted_for() == Some(self.id);
+        if !leads || first.log_id.leader_id != *vote.leader_id() || entries.len() > limits::EARLY_ENTRIES_MAX {
+            return;
+        }
+        debug_assert_eq!(prev.map_or(0, |prev| prev.index + 1), first.log_id.index, "offered entries follow prev");
+        let links: Vec<Link> = {
+            let mut links = self.links();
+            links.retain(|_, link| link.last_used.elapsed() < limits::EARLY_LINK_IDLE_MAX);
+            links.values().filter(|link| link.vote == *vote).cloned().collect()
+        };
+        if links.is_empty() {
+            return;
+        }
+        let request = AppendEntriesRequest {
+            vote: *vote,
+            prev_log_id: prev,
+            leader_commit: committed,
+            entries: entries.to_vec(),
+        };
+        let Ok(data) = postcard::to_allocvec(&request) else { return };
+        if data.len() > limits::GRPC_MESSAGE_BYTES_MAX / 2 {
+            return;
+        }
+        let last_index = last.log_id.index;
+        for link in links {
+            let offer = Offer { payload: RaftPayload { data: data.clone() }, last_index };
+            // A full queue drops the offer: openraft then sends these
+            // entries itself, and the follower refuses the next early
+            // append (its prev is missing there) until it has them.
+            if link.offers.try_send(offer).is_ok() {
+                link.progress.send_modify(|progress| progress.offered = progress.offered.max(Some(last_index)));
+            }
+        }
+    }
+
+    /// Keeps the link to `target` open under `vote`, opening it (and
+    /// closing one under another vote) when needed. Called by openraft's
+    /// replication to `target` before every append it sends.
+    pub fn keep_link(
+        &self,
+        target: NodeId,
+        vote: &Vote<NodeId>,
+        client: &RaftClient<Channel>,
+        dialer: &Dialer,
+        streams: &Arc<StreamSupport>,
+    ) {
+        let leads = vote.is_committed() && vote.leader_id().voted_for() == Some(self.id);
+        let mut links = self.links();
+        match links.get_mut(&target) {
+            Some(link) if link.vote == *vote && !link.offers.is_closed() => link.last_used = Instant::now(),
+            _ if !leads || !streams.may_open() => {
+                links.remove(&target);
+            }
+            _ => {
+                let (offers, queue) = mpsc::channel(limits::EARLY_APPENDS_IN_FLIGHT_MAX);
+                let progress = Arc::new(watch::Sender::new(Progress::default()));
+                let sender = LinkSender {
+                    target,
+                    client: client.clone(),
+                    dialer: dialer.clone(),
+                    streams: streams.clone(),
+                    progress: progress.clone(),
+                };
+                tokio::spawn(sender.run(queue));
+                links.insert(target, Link { vote: *vote, offers, progress, last_used: Instant::now() });
+            }
+        }
+    }
+
+    /// How to answer openraft's append to `target` under `vote` of entries
+    /// through `last_index`: from an early append's success, waiting up to
+    /// `ttl` for one in flight, or by sending it as usual.
+    pub async fn answer(&self, target: NodeId, vote: &Vote<NodeId>, last_index: u64, ttl: Duration) -> EarlyAnswer {
+        let answer = self.wait_for_answer(target, vote, last_index, ttl).await;
+        let counter = match answer {
+            EarlyAnswer::Confirmed => &self.stats.answered,
+            EarlyAnswer::SendAsUsual => &self.stats.sent_as_usual,
+            EarlyAnswer::TimedOut => return answer,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        answer
+    }
+
+    async fn wait_for_answer(
+        &self,
+        target: NodeId,
+        vote: &Vote<NodeId>,
+        last_index: u64,
+        ttl: Duration,
+    ) -> EarlyAnswer {
+        let mut progress = match self.links().get(&target) {
+            Some(link) if link.vote == *vote => link.progress.subscribe(),
+            _ => return EarlyAnswer::SendAsUsual,
+        };
+        if progress.borrow().offered < Some(last_index) {
+            return EarlyAnswer::SendAsUsual;
+        }
+        let target_index = Some(last_index);
+        let answered = async {
+            let progress = progress.wait_for(|p| p.confirmed >= target_index || p.settled >= target_index).await;
+            progress.map(|progress| progress.confirmed >= target_index)
+        };
+        match tokio::time::timeout(ttl, answered).await {
+            Err(_) => EarlyAnswer::TimedOut,
+            Ok(Ok(true)) => EarlyAnswer::Confirmed,
+            Ok(_) => EarlyAnswer::SendAsUsual,
+        }
+    }
+}
+
+/// The task that sends one link's offers, in order and pipelined, on an
+/// `AppendEntriesStream` of its own, and records the follower's answers.
+struct LinkSender {
+    target: NodeId,
+    client: RaftClient<Channel>,
+    dialer: Dialer,
+    streams: Arc<StreamSupport>,
+    progress: Arc<watch::Sender<Progress>>,
+}
+
+/// The open stream of a [`LinkSender`]: its request side and its answers.
+struct OpenStream {
+    requests: mpsc::Sender<RaftPayload>,
+    answers: Streaming<RaftPayload>,
+}
+
+impl LinkSender {
+    /// Runs until the link is dropped (every `Sender` of `queue` gone).
+    /// Whatever is still unanswered then counts as settled, unconfirmed.
+    async fn run(self, mut queue: mpsc::Receiver<Offer>) {
+        let mut stream: Option<OpenStream> = None;
+        // Last-entry indexes of the appends sent and not yet answered, in order.
+        let mut unanswered: VecDeque<u64> = VecDeque::new();
+        loop {
+            tokio::select! {
+                offer = queue.recv() => {
+                    let Some(offer) = offer else { break };
+                    if stream.is_none() {
+                        stream = self.open().await;
+                    }
+                    let sent = stream.as_ref().is_some_and(|open| open.requests.try_send(offer.payload).is_ok());
+                    if sent {
+                        unanswered.push_back(offer.last_index);
+                    } else {
+                        self.settle(offer.last_index, false);
+                    }
+                }
+                answer = next_answer(&mut stream) => {
+                    let Some(last_index) = unanswered.pop_front() else {
+                        // An answer to nothing: the stream is out of step.
+                        stream = None;
+                        continue;
+                    };
+                    match answer {
+                        Some(answer) => self.settle(last_index, is_success(&answer)),
+                        None => {
+                            // Failed or ended: nothing sent on it will be answered.
+                            stream = None;
+                            self.settle(unanswered.back().copied().unwrap_or(last_index), false);
+                            unanswered.clear();
+                        }
+                    }
+                }
+            }
+        }
+        let offered = self.progress.borrow().offered;
+        self.progress.send_modify(|progress| progress.settled = progress.settled.max(offered));
+    }
+
+    /// Opens the link's stream, or returns `None` (the offer is then given up).
+    async fn open(&self) -> Option<OpenStream> {
+        if !self.streams.may_open() {
+            return None;
+        }
+        let (requests, queued) = mpsc::channel(limits::EARLY_APPENDS_IN_FLIGHT_MAX);
+        let mut request = tonic::Request::new(ReceiverStream::new(queued));
+        self.dialer.authorize(&mut request);
+        let mut client = self.client.clone();
+        let opened =
+            tokio::time::timeout(limits::EARLY_STREAM_OPEN_TIMEOUT, client.append_entries_stream(request)).await;
+        match opened {
+            Ok(Ok(response)) => Some(OpenStream { requests, answers: response.into_inner() }),
+            Ok(Err(status)) => {
+                if status.code() == tonic::Code::Unimplemented {
+                    self.streams.refused();
+                }
+                tracing::debug!(peer = self.target, %status, "early replication stream not opened");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn settle(&self, last_index: u64, confirmed: bool) {
+        self.progress.send_modify(|progress| {
+            progress.settled = progress.settled.max(Some(last_index));
+            if confirmed {
+                progress.confirmed = progress.confirmed.max(Some(last_index));
+            }
+        });
+    }
+}
+
+/// The next answer on `stream`; `None` when it failed or ended. Pending
+/// forever when there is no stream, so that `select!` waits for offers.
+async fn next_answer(stream: &mut Option<OpenStream>) -> Option<RaftPayload> {
+    match stream {
+        Some(open) => open.answers.message().await.ok().flatten(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether a follower's answer says it holds every entry of the request.
+fn is_success(answer: &RaftPayload) -> bool {
+    let decoded: Result<Result<AppendEntriesResponse, RaftError>, _> = postcard::from_bytes(&answer.data);
+    matches!(decoded, Ok(Ok(AppendEntriesResponse::Success)))
+}
