@@ -352,3 +352,93 @@ fn is_success(answer: &RaftPayload) -> bool {
     let decoded: Result<Result<AppendEntriesResponse, RaftError>, _> = postcard::from_bytes(&answer.data);
     matches!(decoded, Ok(Ok(AppendEntriesResponse::Success)))
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    const ME: NodeId = 1;
+    const TTL: Duration = Duration::from_millis(50);
+
+    fn entry(term: u64, leader: NodeId, index: u64) -> Entry {
+        Entry { log_id: LogId::new(CommittedLeaderId::new(term, leader), index), payload: EntryPayload::Blank }
+    }
+
+    /// A link to node 2 under `vote` with no sender task: the test reads its queue.
+    fn link_to_2(
+        early: &EarlyReplication,
+        vote: Vote<NodeId>,
+    ) -> (mpsc::Receiver<Offer>, Arc<watch::Sender<Progress>>) {
+        let (offers, queue) = mpsc::channel(limits::EARLY_APPENDS_IN_FLIGHT_MAX);
+        let progress = Arc::new(watch::Sender::new(Progress::default()));
+        let link = Link { vote, offers, progress: progress.clone(), last_used: Instant::now() };
+        early.links().insert(2, link);
+        (queue, progress)
+    }
+
+    #[tokio::test]
+    async fn only_the_leaders_own_entries_under_its_own_vote_are_offered() {
+        let early = EarlyReplication::new(ME);
+        let mine = Vote::new_committed(3, ME);
+        let (mut queue, progress) = link_to_2(&early, mine);
+        let prev = Some(LogId::new(CommittedLeaderId::new(3, ME), 9));
+
+        early.offer(&Vote::new(3, ME), prev, None, &[entry(3, ME, 10)]); // a candidate's vote
+        early.offer(&Vote::new_committed(3, 2), prev, None, &[entry(3, 2, 10)]); // another leader's
+        early.offer(&mine, prev, None, &[entry(2, ME, 10)]); // an entry of an older term
+        early.offer(&Vote::new_committed(4, ME), prev, None, &[entry(4, ME, 10)]); // no link under this vote
+        assert!(queue.try_recv().is_err(), "nothing offered");
+        assert_eq!(progress.borrow().offered, None);
+
+        early.offer(&mine, prev, prev, &[entry(3, ME, 10), entry(3, ME, 11)]);
+        let offer = queue.try_recv().expect("offered");
+        assert_eq!(offer.last_index, 11);
+        assert_eq!(progress.borrow().offered, Some(11));
+        let request: AppendEntriesRequest = postcard::from_bytes(&offer.payload.data).unwrap();
+        assert_eq!((request.vote, request.prev_log_id, request.leader_commit), (mine, prev, prev));
+        assert_eq!(request.entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), [10, 11]);
+    }
+
+    #[tokio::test]
+    async fn an_append_is_answered_early_only_from_a_success_that_covers_it() {
+        let early = EarlyReplication::new(ME);
+        let vote = Vote::new_committed(3, ME);
+        let (_queue, progress) = link_to_2(&early, vote);
+        let answer = |last_index| early.answer(2, &vote, last_index, TTL);
+
+        assert_eq!(answer(5).await, EarlyAnswer::SendAsUsual, "nothing offered");
+        progress.send_modify(|p| p.offered = Some(8));
+        assert_eq!(answer(9).await, EarlyAnswer::SendAsUsual, "entry 9 was not offered early");
+        assert_eq!(answer(8).await, EarlyAnswer::TimedOut, "offered and unanswered");
+
+        progress.send_modify(|p| {
+            p.settled = Some(6);
+            p.confirmed = Some(6);
+        });
+        assert_eq!(answer(6).await, EarlyAnswer::Confirmed);
+        assert_eq!(answer(4).await, EarlyAnswer::Confirmed, "a success through 6 covers 4");
+        progress.send_modify(|p| p.settled = Some(8));
+        assert_eq!(answer(8).await, EarlyAnswer::SendAsUsual, "refused or failed");
+
+        let waiting = tokio::spawn({
+            let early = early.clone();
+            async move { early.answer(2, &vote, 10, Duration::from_secs(10)).await }
+        });
+        progress.send_modify(|p| p.offered = Some(10));
+        tokio::task::yield_now().await;
+        progress.send_modify(|p| {
+            p.settled = Some(10);
+            p.confirmed = Some(10);
+        });
+        assert_eq!(waiting.await.unwrap(), EarlyAnswer::Confirmed, "a waiting append takes the success");
+
+        let other_vote = Vote::new_committed(4, ME);
+        assert_eq!(early.answer(2, &other_vote, 4, TTL).await, EarlyAnswer::SendAsUsual, "another vote");
+        assert_eq!(early.answer(3, &vote, 4, TTL).await, EarlyAnswer::SendAsUsual, "another follower");
+        let stats = early.stats();
+        assert_eq!(stats.answered.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.sent_as_usual.load(Ordering::Relaxed), 5);
+    }
+}

@@ -13,6 +13,7 @@ mod bad_input;
 mod bootstrap;
 mod calls;
 mod conformance_clusters;
+mod early_replication;
 mod failover;
 mod membership;
 mod operations;

@@ -1,7 +1,6 @@
 //! What operators use: `ctl status`/`runners`/`locks`, the Prometheus
 //! metrics endpoint, and gRPC health.
 
-use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::common::{binary, eventually, runner_json, TestCluster, Tuning, LEADER_TIMEOUT};
+use crate::common::{binary, eventually, runner_json, sample, scrape, TestCluster, Tuning, LEADER_TIMEOUT};
 
 fn ctl(cluster: &TestCluster, args: &[&str]) -> String {
     let output = Command::new(binary())
@@ -58,33 +57,6 @@ async fn ctl_status_shows_one_leader_and_followers_in_step() {
     assert_eq!(locks.len(), 1, "{locks:?}");
     assert_eq!(locks[0]["shard_id"], "default:7");
     assert_eq!(locks[0]["address"], "h:1");
-}
-
-/// `GET /metrics` over a plain TCP connection.
-fn scrape(address: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(address).expect("connect to metrics");
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("content-type: text/plain"), "{head}");
-    body.to_owned()
-}
-
-fn sample(body: &str, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
-    let lines = body.lines().map(|line| Ok(line.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
-    scrape
-        .samples
-        .into_iter()
-        .find(|s| s.metric == name && label.is_none_or(|(key, value)| s.labels.get(key) == Some(value)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => f64::NAN,
-        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -567,4 +568,32 @@ impl Ledger {
             assert!(first < second, "get_runners order disagrees with acknowledged machine ids: {pair:?}");
         }
     }
+}
+
+/// `GET /metrics` over a plain TCP connection.
+pub fn scrape(address: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to metrics");
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: text/plain"), "{head}");
+    body.to_owned()
+}
+
+/// The value of metric `name` (with `label`, if given) in a scrape's `body`.
+pub fn sample(body: &str, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    let lines = body.lines().map(|line| Ok(line.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    scrape
+        .samples
+        .into_iter()
+        .find(|s| s.metric == name && label.is_none_or(|(key, value)| s.labels.get(key) == Some(value)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
 }
