@@ -124,8 +124,14 @@ pub const APPEND_STREAM_RETRY_AFTER: std::time::Duration = std::time::Duration::
 pub const EARLY_ENTRIES_MAX: usize = REPLICATION_ENTRIES_MAX as usize;
 
 /// Early appends queued or unanswered on one link at once; an offer beyond
-/// is dropped, and its entries go the usual way.
-pub const EARLY_APPENDS_IN_FLIGHT_MAX: usize = 64;
+/// is dropped, and its entries go the usual way. The proposer keeps two
+/// batches in flight, so a link that keeps up holds two or three.
+pub const EARLY_APPENDS_IN_FLIGHT_MAX: usize = 32;
+
+/// Largest encoded early append: bigger ones (batches of large acquires)
+/// go only the usual way, so a slow follower's link holds at most
+/// `EARLY_APPENDS_IN_FLIGHT_MAX` × this (4 MiB) of the leader's memory.
+pub const EARLY_APPEND_BYTES_MAX: usize = 128 * 1024;
 
 /// How long a link to a follower lives without openraft sending it
 /// anything (heartbeats included): past it, the follower is no longer

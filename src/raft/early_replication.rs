@@ -155,7 +155,7 @@ impl EarlyReplication {
             entries: entries.to_vec(),
         };
         let Ok(data) = postcard::to_allocvec(&request) else { return };
-        if data.len() > limits::GRPC_MESSAGE_BYTES_MAX / 2 {
+        if data.len() > limits::EARLY_APPEND_BYTES_MAX {
             return;
         }
         let last_index = last.log_id.index;
@@ -168,6 +168,12 @@ impl EarlyReplication {
                 link.progress.send_modify(|progress| progress.offered = progress.offered.max(Some(last_index)));
             }
         }
+    }
+
+    /// Closes every link not under `vote`, the vote this node just saved:
+    /// a node that is no longer leader keeps no stream open to its peers.
+    pub fn vote_saved(&self, vote: &Vote<NodeId>) {
+        self.links().retain(|_, link| link.vote == *vote);
     }
 
     /// Keeps the link to `target` open under `vote`, opening it (and
@@ -399,6 +405,12 @@ mod tests {
         let request: AppendEntriesRequest = postcard::from_bytes(&offer.payload.data).unwrap();
         assert_eq!((request.vote, request.prev_log_id, request.leader_commit), (mine, prev, prev));
         assert_eq!(request.entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), [10, 11]);
+
+        early.vote_saved(&mine);
+        assert_eq!(early.links().len(), 1, "the link under the saved vote stays");
+        early.vote_saved(&Vote::new(4, 2));
+        assert!(early.links().is_empty(), "a node that voted for another closes its links");
+        assert!(queue.try_recv().is_err() && queue.is_closed(), "the link's queue is closed");
     }
 
     #[tokio::test]

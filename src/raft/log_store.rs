@@ -276,6 +276,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.write_meta(schema::VOTE_KEY, vote, true).await?;
         // Only a flushed vote may go out with early appends.
         self.update_early_view(|view| view.vote = Some(*vote));
+        if let Some((early, _)) = &self.early {
+            early.vote_saved(vote);
+        }
         Ok(())
     }
 
