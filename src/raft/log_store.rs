@@ -59,12 +59,12 @@ pub struct LogStore {
     early: Option<(EarlyReplication, Arc<Mutex<EarlyView>>)>,
 }
 
-/// What the log knows that an early append carries: the vote it saved last,
-/// the id of its last entry (the next append's `prev`), the commit index.
+/// What the log knows that an early append carries besides its entries and
+/// their predecessor (the tail's last entry): the vote it saved last and
+/// the commit index.
 #[derive(Debug, Default)]
 pub struct EarlyView {
     vote: Option<Vote<NodeId>>,
-    last_appended: Option<LogId<NodeId>>,
     committed: Option<LogId<NodeId>>,
 }
 
@@ -96,12 +96,10 @@ impl LogStore {
     /// Offers every entry this node appends as leader to `early`.
     ///
     /// # Errors
-    /// When the last log id cannot be read.
+    /// When the committed marker cannot be read.
     pub fn with_early_replication(mut self, early: EarlyReplication) -> Result<Self, StorageError<NodeId>> {
         let committed = self.read_meta::<Option<LogId<NodeId>>>(schema::COMMITTED_KEY)?.flatten();
-        let last_purged = self.read_meta::<LogId<NodeId>>(schema::LAST_PURGED_KEY)?;
-        let last_appended = self.last_entry_log_id()?.max(last_purged);
-        let view = EarlyView { vote: None, last_appended, committed };
+        let view = EarlyView { vote: None, committed };
         self.early = Some((early, Arc::new(Mutex::new(view))));
         Ok(self)
     }
@@ -314,25 +312,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return self.request_flush(callback).await;
         };
         let entries: Vec<Entry> = entries.into_iter().collect();
+        // The predecessor an early append names must be the log's own entry
+        // (a follower refusing it truncates from there): the tail's last
+        // entry, which mirrors the log, when the new entries follow it.
+        let prev = self.recent().last_log_id();
         self.insert_entries(entries.iter().cloned())?;
         self.request_flush(callback).await?;
-        let Some(last) = entries.last() else { return Ok(()) };
-        let (vote, prev, committed) = {
-            let mut view = view.lock().unwrap_or_else(PoisonError::into_inner);
-            let prev = view.last_appended.replace(last.log_id);
-            (view.vote, prev, view.committed)
+        let (Some(first), Some(prev)) = (entries.first(), prev) else { return Ok(()) };
+        let (vote, committed) = {
+            let view = view.lock().unwrap_or_else(PoisonError::into_inner);
+            (view.vote, view.committed)
         };
-        // Only entries that follow the last one known here: after a
-        // truncation the next entry's predecessor is not known.
-        let follows = prev.map_or(0, |prev| prev.index + 1) == entries[0].log_id.index;
-        if let (Some(vote), true) = (vote, follows) {
-            early.offer(&vote, prev, committed, &entries);
+        if let (Some(vote), true) = (vote, prev.index.checked_add(1) == Some(first.log_id.index)) {
+            early.offer(&vote, Some(prev), committed, &entries);
         }
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.update_early_view(|view| view.last_appended = None);
         self.recent().truncate_from(log_id.index);
         self.remove_range(log_id.index..)?;
         self.db.flush_async().await.map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;

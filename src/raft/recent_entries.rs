@@ -45,6 +45,11 @@ impl RecentEntries {
         self.assert_consecutive();
     }
 
+    /// The log id of the log's last entry, when this tail holds any.
+    pub fn last_log_id(&self) -> Option<openraft::LogId<super::NodeId>> {
+        self.entries.back().map(|(entry, _)| entry.log_id)
+    }
+
     /// Forgets the entries at `index` and after (the log truncated them).
     pub fn truncate_from(&mut self, index: u64) {
         while self.last_index().is_some_and(|last| last >= index) {
