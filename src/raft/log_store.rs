@@ -63,7 +63,7 @@ pub struct LogStore {
 /// their predecessor (the tail's last entry): the vote it saved last and
 /// the commit index.
 #[derive(Debug, Default)]
-pub struct EarlyView {
+struct EarlyView {
     vote: Option<Vote<NodeId>>,
     committed: Option<LogId<NodeId>>,
 }
