@@ -2,8 +2,9 @@
 # The long chaos profile: a release build of tests/chaos run for N minutes of
 # faults against a 3- or 5-node cluster, each node in its own network
 # namespace (loopback fallback without root/ip/iptables). Writes the history
-# (history.jsonl), summary.json, summary.txt and the run log to a directory it
-# prints; on a violation prints the seed and how to replay.
+# (history.jsonl), summary.json, summary.txt, the run log and every node's log
+# (node{id}.log) to a directory it prints; on a violation prints the seed and
+# how to replay.
 #
 #   scripts/chaos.sh --minutes 30 --seed 42 [--nodes 3|5] [--nemesis kill-leader,pause-leader] [--out DIR]
 #

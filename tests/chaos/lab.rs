@@ -479,6 +479,17 @@ impl Lab {
         }
     }
 
+    /// Copies every node's log into `dir` as `node{id}.log` (best effort:
+    /// a log that cannot be copied is reported, not fatal).
+    pub fn copy_logs_to(&self, dir: &std::path::Path) {
+        for node in self.nodes.values() {
+            let copy = dir.join(format!("node{}.log", node.id));
+            if let Err(error) = std::fs::copy(&node.log_path, &copy) {
+                eprintln!("chaos: could not copy node {}'s log to {}: {error}", node.id, copy.display());
+            }
+        }
+    }
+
     /// The last lines of every node's log, for failure reports.
     pub fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();

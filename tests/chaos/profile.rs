@@ -114,6 +114,9 @@ pub fn run(profile: &Profile) -> RunResult {
     summary.clock_drift_us = recorder.clock.drift_us();
     summary.notes = driven.notes;
     summary.write(&dir).expect("write the summary");
+    // The nodes' logs go with the history: a slow recovery that is no
+    // violation is explained by them, and the lab's files are deleted.
+    shared.lock().expect("lab").copy_logs_to(&dir);
     if summary.verdicts.violation_count() > 0 {
         let mut lab = shared.lock().expect("lab");
         lab.keep_files = true;
