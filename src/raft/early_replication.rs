@@ -119,6 +119,11 @@ impl EarlyReplication {
         self.stats.clone()
     }
 
+    /// Whether `vote` is this node's own committed vote: it leads under it.
+    pub fn leads_with(&self, vote: &Vote<NodeId>) -> bool {
+        vote.is_committed() && vote.leader_id().voted_for() == Some(self.id)
+    }
+
     fn links(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Link>> {
         self.links.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -135,8 +140,10 @@ impl EarlyReplication {
         entries: &[Entry],
     ) {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return };
-        let leads = vote.is_committed() && vote.leader_id().voted_for() == Some(self.id);
-        if !leads || first.log_id.leader_id != *vote.leader_id() || entries.len() > limits::EARLY_ENTRIES_MAX {
+        if !self.leads_with(vote)
+            || first.log_id.leader_id != *vote.leader_id()
+            || entries.len() > limits::EARLY_ENTRIES_MAX
+        {
             return;
         }
         debug_assert_eq!(prev.map_or(0, |prev| prev.index + 1), first.log_id.index, "offered entries follow prev");
@@ -187,7 +194,7 @@ impl EarlyReplication {
         dialer: &Dialer,
         streams: &Arc<StreamSupport>,
     ) {
-        let leads = vote.is_committed() && vote.leader_id().voted_for() == Some(self.id);
+        let leads = self.leads_with(vote);
         let mut links = self.links();
         match links.get_mut(&target) {
             Some(link) if link.vote == *vote && !link.offers.is_closed() => link.last_used = Instant::now(),

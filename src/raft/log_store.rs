@@ -307,7 +307,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // sync_file_range calls on the core's path), and Raft needs no more
         // than what sled's log order already gives: after a crash, a prefix
         // of these entries survives, and none is acknowledged before the flush.
-        let Some((early, view)) = &self.early else {
+        // Only a leader's own appends go early; a follower's take the plain path.
+        let early_vote = self.early.as_ref().and_then(|(early, view)| {
+            let view = view.lock().unwrap_or_else(PoisonError::into_inner);
+            view.vote.filter(|vote| early.leads_with(vote)).map(|vote| (early, vote, view.committed))
+        });
+        let Some((early, vote, committed)) = early_vote else {
             self.insert_entries(entries)?;
             return self.request_flush(callback).await;
         };
@@ -319,11 +324,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.insert_entries(entries.iter().cloned())?;
         self.request_flush(callback).await?;
         let (Some(first), Some(prev)) = (entries.first(), prev) else { return Ok(()) };
-        let (vote, committed) = {
-            let view = view.lock().unwrap_or_else(PoisonError::into_inner);
-            (view.vote, view.committed)
-        };
-        if let (Some(vote), true) = (vote, prev.index.checked_add(1) == Some(first.log_id.index)) {
+        if prev.index.checked_add(1) == Some(first.log_id.index) {
             early.offer(&vote, Some(prev), committed, &entries);
         }
         Ok(())

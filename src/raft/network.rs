@@ -182,9 +182,7 @@ impl PeerClient {
         self.appends = Some(stream);
         Ok(answer)
     }
-}
 
-impl PeerClient {
     /// Keeps the early link to this peer open for `rpc`'s vote, and answers
     /// `rpc` from the peer's answer to an early copy of its entries, if any.
     async fn early_answer(&self, rpc: &AppendEntriesRequest, ttl: Duration) -> EarlyAnswer {
