@@ -28,7 +28,7 @@ use crate::raft::network::Network;
 use crate::raft::sm_store::{AppliedState, StateMachineStore};
 use crate::raft::typ::ForwardToLeader;
 use crate::raft::{NodeId, Raft};
-use crate::read_barrier::{BarrierOutcome, ReadBarrier, RestoredLead};
+use crate::read_barrier::{BarrierOutcome, ReadBarrier};
 use crate::service::forward::Forwarder;
 use crate::state_machine::{Command, Envelope, Reply, State};
 
@@ -128,7 +128,9 @@ impl Node {
         if let Some(early) = &early {
             log_store = log_store.with_early_replication(early.clone()).context("cannot open the Raft log")?;
         }
-        let restored_lead = restored_lead(&mut log_store, config.node_id).await?;
+        if let Some(term) = log_store.resign_leadership(config.node_id).await.context("cannot resign the term led")? {
+            tracing::info!(term, "this node led term {term} before it stopped; it starts as a follower (see LogStore::resign_leadership)");
+        }
         let state_machine = StateMachineStore::open(&db, State::default()).context("cannot open the state machine")?;
         let raft_config = Arc::new(raft_config(config)?);
         let committed_index = log_store.committed_index();
@@ -152,7 +154,7 @@ impl Node {
         let proposer = Proposer::start(raft.clone());
         // Half of openraft's leader lease (followers refuse other candidates for
         // election_timeout_max after our last acknowledged heartbeat).
-        let read_barrier = ReadBarrier::new(lease / 2, restored_lead);
+        let read_barrier = ReadBarrier::new(lease / 2);
         Ok(Arc::new(Node {
             id: config.node_id,
             raft,
@@ -354,20 +356,6 @@ impl Node {
             tracing::error!(%error, "final flush of the data dir failed");
         }
     }
-}
-
-/// When this node's saved vote is its own committed vote, openraft restores
-/// it as leader of that term at once: that term and the last log index now
-/// (see [`ReadBarrier`]: reads wait until that index is applied again).
-async fn restored_lead(log_store: &mut LogStore, node_id: NodeId) -> anyhow::Result<Option<RestoredLead>> {
-    use openraft::storage::RaftLogStorage;
-    let vote = log_store.read_vote().await.context("cannot read the saved vote")?;
-    let Some(vote) = vote.filter(|vote| vote.is_committed() && vote.leader_id().voted_for() == Some(node_id)) else {
-        return Ok(None);
-    };
-    let log_state = log_store.get_log_state().await.context("cannot read the log state")?;
-    let last_log_index = log_state.last_log_id.map_or(0, |log_id| log_id.index);
-    Ok(Some(RestoredLead { term: vote.leader_id().get_term(), last_log_index }))
 }
 
 fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {

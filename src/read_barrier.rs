@@ -19,17 +19,13 @@
 //!   waits for one. (Raft dissertation §6.4.1; it assumes clocks advance at
 //!   about the same rate on every node, which monotonic clocks do.)
 //!
-//! **A leader that restarted.** openraft 0.9 restores a node whose saved
-//! vote is its own committed vote as leader at once, and keeps the no-op
-//! entry it proposed before the restart as its read floor. The committed
-//! index it restarts with may be older than what it had acknowledged (the
-//! marker is saved without a flush), so `ensure_linearizable` could pass
-//! with committed writes not yet re-applied: a stale read (found by the
-//! chaos checker: a killed leader restarted 1.2 s later, before the others
-//! had elected, and answered `getRunners` without the last refreshes it had
-//! acknowledged). So until this process has applied every entry its log
-//! held at startup, a round also waits for that: everything a previous
-//! incarnation acknowledged is in that log.
+//! **A leader that restarted** never resumes its term: its log store saves
+//! its vote uncommitted before openraft starts (`LogStore::resign_leadership`),
+//! so it leads again only after an election, in a new term, whose no-op
+//! entry openraft's `ensure_linearizable` waits to apply, and with it the
+//! whole log before it. (Before that rule, openraft 0.9 resumed such a node
+//! as leader at once with a committed index older than what it had
+//! acknowledged, and the chaos checker found a stale read.)
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,39 +59,19 @@ struct Waiting {
     lease: Option<Lease>,
 }
 
-/// A leadership openraft restored at startup: its term, and the last log
-/// index then.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RestoredLead {
-    /// The term this node led before it restarted, and leads again.
-    pub term: u64,
-    /// The last index of the log when this process opened it.
-    pub last_log_index: u64,
-}
-
 /// Coalesced, leased read barriers of one node.
 #[derive(Clone)]
 pub struct ReadBarrier {
     waiting: Arc<Mutex<Waiting>>,
     lease_duration: Duration,
-    /// Reads in this term wait until the startup log is applied (see "A
-    /// leader that restarted"); `None` when the node did not restart as leader.
-    restored_lead: Option<RestoredLead>,
-    /// Set once the startup log of `restored_lead` was applied.
-    startup_log_applied: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ReadBarrier {
     /// Barriers whose rounds grant a lease of `lease_duration`, which must be
     /// well under openraft's leader lease (`election_timeout_max`); zero
     /// turns leases off.
-    pub fn new(lease_duration: Duration, restored_lead: Option<RestoredLead>) -> Self {
-        ReadBarrier {
-            waiting: Arc::default(),
-            lease_duration,
-            restored_lead,
-            startup_log_applied: Arc::new(std::sync::atomic::AtomicBool::new(restored_lead.is_none())),
-        }
+    pub fn new(lease_duration: Duration) -> Self {
+        ReadBarrier { waiting: Arc::default(), lease_duration }
     }
 
     /// Passes when a read may be answered from the local state: under a
@@ -131,10 +107,7 @@ impl ReadBarrier {
             let readers = std::mem::take(&mut self.lock().readers);
             let started = Instant::now();
             let term = current_leader_term(&raft);
-            let mut outcome = round(&raft).await;
-            if matches!(outcome, BarrierOutcome::Passed) {
-                outcome = self.startup_log_applied(&raft, term).await;
-            }
+            let outcome = round(&raft).await;
             {
                 let mut waiting = self.lock();
                 waiting.lease = match (&outcome, term) {
@@ -153,36 +126,10 @@ impl ReadBarrier {
         }
     }
 
-    /// Passes when leading in the restored term once this process has
-    /// applied its whole startup log; at once in any other term (openraft's
-    /// fresh no-op then follows the whole log) or after the first time.
-    async fn startup_log_applied(&self, raft: &Raft, leader_term: Option<u64>) -> BarrierOutcome {
-        use std::sync::atomic::Ordering;
-        let Some(restored) = self.restored_lead else { return BarrierOutcome::Passed };
-        if self.startup_log_applied.load(Ordering::Acquire) || leader_term != Some(restored.term) {
-            return BarrierOutcome::Passed;
-        }
-        let index = restored.last_log_index;
-        let waited = raft.wait(Some(STARTUP_APPLY_WAIT_MAX)).applied_index_at_least(Some(index), "startup log").await;
-        match waited {
-            Ok(_) => {
-                self.startup_log_applied.store(true, Ordering::Release);
-                BarrierOutcome::Passed
-            }
-            Err(error) => BarrierOutcome::Failed(format!(
-                "this node restarted and has not yet applied its log up to index {index}: {error}"
-            )),
-        }
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
         self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
-
-/// Longest one round waits for the startup log to be applied; the read
-/// then fails `UNAVAILABLE` and the client retries.
-const STARTUP_APPLY_WAIT_MAX: Duration = Duration::from_secs(2);
 
 /// The current term when this node believes it leads.
 fn current_leader_term(raft: &Raft) -> Option<u64> {

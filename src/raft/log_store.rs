@@ -104,6 +104,35 @@ impl LogStore {
         Ok(self)
     }
 
+    /// Saves a vote that made `node_id` leader as a plain vote for itself
+    /// (flushed), so that openraft starts the node as a follower instead of
+    /// resuming the term it led; returns that term, or `None` when the saved
+    /// vote is anything else. Call it before openraft opens this log.
+    ///
+    /// openraft 0.9 resumes a node whose saved vote is its own committed
+    /// vote as leader of that term at once, from its log as it is on disk.
+    /// But early replication sends entries before they are flushed here, so
+    /// a leader that crashed may have lost entries its followers hold:
+    /// resuming the term, it would write other entries under the same log
+    /// ids, and a follower that holds the old ones would keep them as the
+    /// same (Log Matching broken; what it applies differs from what the
+    /// leader acknowledged). Elected in a new term instead, every log id it
+    /// writes is new, and no follower that holds entries it lacks votes for
+    /// it. The vote keeps its term and candidate, so the node grants no vote
+    /// it would not have granted with the committed one.
+    ///
+    /// # Errors
+    /// When the vote cannot be read or saved.
+    pub async fn resign_leadership(&mut self, node_id: NodeId) -> Result<Option<u64>, StorageError<NodeId>> {
+        let Some(vote) = self.read_meta::<Vote<NodeId>>(schema::VOTE_KEY)? else { return Ok(None) };
+        if !vote.is_committed() || vote.leader_id().voted_for() != Some(node_id) {
+            return Ok(None);
+        }
+        let term = vote.leader_id().get_term();
+        self.write_meta(schema::VOTE_KEY, &Vote::new(term, node_id), true).await?;
+        Ok(Some(term))
+    }
+
     /// Notes `update` in the early view, if there is one.
     fn update_early_view(&self, update: impl FnOnce(&mut EarlyView)) {
         if let Some((_, view)) = &self.early {
@@ -408,6 +437,24 @@ mod tests {
             delete_logs_since_0,
             append_to_log,
         );
+    }
+
+    /// A saved vote that made this node leader is saved back uncommitted
+    /// (openraft then starts it as a follower); any other vote is kept.
+    #[tokio::test]
+    async fn a_restarting_leader_resigns_its_term_and_others_keep_their_vote() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let mut log = LogStore::open(&db).unwrap();
+        assert_eq!(log.resign_leadership(1).await.unwrap(), None, "no vote saved");
+        for kept in [Vote::new(3, 1), Vote::new_committed(3, 2), Vote::new(3, 2)] {
+            log.save_vote(&kept).await.unwrap();
+            assert_eq!(log.resign_leadership(1).await.unwrap(), None, "{kept}");
+            assert_eq!(LogStore::open(&db).unwrap().read_vote().await.unwrap(), Some(kept), "{kept}");
+        }
+        log.save_vote(&Vote::new_committed(4, 1)).await.unwrap();
+        assert_eq!(log.resign_leadership(1).await.unwrap(), Some(4));
+        let mut reopened = LogStore::open(&db).unwrap();
+        assert_eq!(reopened.read_vote().await.unwrap(), Some(Vote::new(4, 1)), "saved uncommitted");
     }
 
     /// What the in-memory tail serves is what sled holds: the same reads

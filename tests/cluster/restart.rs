@@ -1,11 +1,13 @@
 //! Full restarts: every node stopped cleanly (SIGTERM) or killed (SIGKILL)
 //! at once, then started again from its data dir. The state comes back
-//! exactly: runners with their machine ids and health, locks, `E`.
+//! exactly: runners with their machine ids and health, locks, `E`. And a
+//! leader killed and restarted at once leads again only in a new term.
 
 use runner_storage::Encoded;
 
 use crate::common::{
-    runner_json, TestCluster, Workload, CATCH_UP_TIMEOUT, LEADER_TIMEOUT, LOCK_EXPIRATION_LONG_MS, PROGRESS_TIMEOUT,
+    eventually, runner_json, TestCluster, Workload, CATCH_UP_TIMEOUT, LEADER_TIMEOUT, LOCK_EXPIRATION_LONG_MS,
+    PROGRESS_TIMEOUT,
 };
 
 const NODES: u64 = 3;
@@ -107,4 +109,41 @@ async fn every_node_killed_mid_stream_loses_no_acknowledged_write() {
     println!("{}", ledger.summary());
     ledger.verify(&cluster.client()).await;
     check_known_state(&cluster, &expected).await;
+}
+
+/// Early replication lets followers hold entries a leader had not flushed
+/// when it was killed; resuming its term after a quick restart (openraft
+/// 0.9 would: the node is back well within an election timeout), it would
+/// write other entries under their log ids. It must start as a follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_and_restarted_at_once_leads_again_only_in_a_new_term() {
+    let mut cluster = TestCluster::start(NODES);
+    let old_leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let old_term = cluster.status(old_leader).await.expect("leader status").term;
+    let workload = Workload::start(cluster.endpoints(), 4, "relead");
+    workload.wait_for_more(8, PROGRESS_TIMEOUT).await;
+
+    cluster.kill(old_leader);
+    cluster.spawn(old_leader);
+    let restarted = &cluster;
+    let what = format!("node {old_leader} serves again after its restart");
+    eventually(&what, LEADER_TIMEOUT, move || async move { restarted.status(old_leader).await.is_some() }).await;
+    let first = cluster.status(old_leader).await.expect("status of the restarted node");
+    assert!(
+        first.role != "leader" || first.term > old_term,
+        "node {old_leader} resumed term {old_term} it led: {} in term {}",
+        first.role,
+        first.term
+    );
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let term = cluster.status(leader).await.expect("leader status").term;
+    assert!(term > old_term, "node {leader} leads term {term}, not after {old_term}");
+    workload.wait_for_more(8, PROGRESS_TIMEOUT).await;
+    let ledger = workload.finish().await;
+    println!("{}", ledger.summary());
+    ledger.verify(&cluster.client()).await;
+    let applied = cluster.leader_applied_index().await;
+    for id in 1..=NODES {
+        cluster.wait_for_applied(id, applied, CATCH_UP_TIMEOUT).await;
+    }
 }
