@@ -361,7 +361,7 @@ const LEADER_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Waits until some endpoint reports itself leader; returns its `Status`.
 ///
 /// # Errors
-/// When no endpoint is leader within [`LEADER_WAIT_MAX`].
+/// When no endpoint is leader within `LEADER_WAIT_MAX`.
 pub async fn wait_for_leader(endpoints: &[String]) -> anyhow::Result<crate::pb::v1::StatusResponse> {
     let client = Client::new(endpoints.to_vec())?;
     let deadline = tokio::time::Instant::now() + LEADER_WAIT_MAX;

@@ -28,6 +28,10 @@
 //!   and Raft tolerates delayed answers.
 //! - Anything else (another vote, a rejection, a failed stream, entries not
 //!   offered early, heartbeats) goes to the follower as openraft asked.
+//! - A leader killed before its flush may come back without entries its
+//!   followers hold. It restarts as a follower
+//!   ([`LogStore::resign_leadership`](super::log_store::LogStore::resign_leadership)),
+//!   never in the term whose log ids those entries carry.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -13,7 +13,7 @@
 //!
 //! The kill instant is taken *after* the signal was delivered (pid mode: the
 //! `kill` command returned; script mode: the old leader stopped answering),
-//! and acks within [`OLD_LEADER_ACK_GRACE`] of it are ignored (on a loaded
+//! and acks within `OLD_LEADER_ACK_GRACE` of it are ignored (on a loaded
 //! machine a writer may read the old leader's last answer a little late),
 //! so no write acknowledged by the old leader is counted as the first one
 //! after the kill.
