@@ -21,6 +21,9 @@
 //!   (`chaos_long_profile`, gated by `CHAOS_MINUTES`), release build; writes
 //!   `history.jsonl`, `summary.json` and `summary.txt` to a directory it prints.
 //!
+//! A run during which the machine's wall clock stepped is void (the nodes
+//! stamp time with it) and runs once more with the same seed.
+//!
 //! Environment: `CHAOS_SEED` (replay a schedule), `CHAOS_MINUTES`,
 //! `CHAOS_NODES`, `CHAOS_OUT` (output dir), `CHAOS_NEMESIS` (comma-separated
 //! fault kinds, e.g. `kill-leader` alone), `CHAOS_LAB=loopback` (force the
@@ -47,6 +50,33 @@ use profile::{Profile, RunResult};
 const SHORT_FAULTS_MIN: usize = 20;
 /// Attempts the planted-bug test gets to provoke a stale read.
 const PLANTED_ATTEMPTS_MAX: u32 = 3;
+
+/// Runs `profile`. A run during which the machine's wall clock stepped
+/// cannot be judged ([`RunResult::clock_steady`]): it is kept for reading
+/// and the same seed runs once more, into a directory of its own.
+fn run_on_a_steady_clock(profile: &Profile) -> RunResult {
+    let first = profile::run(profile);
+    if first.clock_steady() {
+        return first;
+    }
+    let drift_ms = first.summary.clock_drift_us / 1000;
+    eprintln!(
+        "chaos {}: the wall clock moved {drift_ms} ms against the monotonic clock during the run (the machine's \
+         doing, not the nodes'); its {} time-based findings are void; kept in {}; running seed {} again",
+        profile.name,
+        first.verdicts().violation_count(),
+        first.out_dir.display(),
+        profile.seed
+    );
+    let again = Profile { out_dir: Some(first.out_dir.join("again")), ..profile.clone() };
+    let second = profile::run(&again);
+    assert!(
+        second.clock_steady(),
+        "the wall clock stepped in two runs in a row ({drift_ms} and {} ms): this machine cannot judge the chaos checks",
+        second.summary.clock_drift_us / 1000
+    );
+    second
+}
 
 fn kinds_from_env() -> Vec<FaultKind> {
     match std::env::var("CHAOS_NEMESIS") {
@@ -85,7 +115,7 @@ fn chaos_short_profile() {
         kinds: kinds_from_env(),
         out_dir: std::env::var("CHAOS_OUT").ok().map(PathBuf::from),
     };
-    let result = profile::run(&profile);
+    let result = run_on_a_steady_clock(&profile);
     if !result.netns {
         eprintln!("chaos short: loopback lab, so no partition faults (needs root, ip and iptables)");
     }
@@ -111,7 +141,7 @@ fn chaos_long_profile() {
         kinds: kinds_from_env(),
         out_dir: std::env::var("CHAOS_OUT").ok().map(PathBuf::from),
     };
-    let result = profile::run(&profile);
+    let result = run_on_a_steady_clock(&profile);
     eprintln!("chaos long: output in {}", result.out_dir.display());
     assert_clean(&result);
 }

@@ -49,6 +49,16 @@ impl RunResult {
     pub fn verdicts(&self) -> &Verdicts {
         &self.summary.verdicts
     }
+
+    /// Whether the machine's wall clock kept pace with the monotonic one
+    /// (within the checkers' stamp tolerance) through the run. The nodes
+    /// stamp time with the wall clock and the checkers place those stamps
+    /// on the lab's monotonic clock: after a step of the wall clock (a host
+    /// that froze and resynced this VM moved it 16 s once) every
+    /// time-based verdict of the run is void.
+    pub fn clock_steady(&self) -> bool {
+        self.summary.clock_drift_us.abs() <= crate::history::CLOCK_TOLERANCE_US
+    }
 }
 
 /// A seed from `CHAOS_SEED`, or a fresh one (printed by the caller).
