@@ -126,7 +126,7 @@ impl Node {
         let early = config.raft.early_replication.then(|| EarlyReplication::new(config.node_id));
         let early_stats = early.as_ref().map(EarlyReplication::stats);
         if let Some(early) = &early {
-            log_store = log_store.with_early_replication(early.clone()).context("cannot open the Raft log")?;
+            log_store = log_store.with_early_replication(early.clone());
         }
         if let Some(term) = log_store.resign_leadership(config.node_id).await.context("cannot resign the term led")? {
             tracing::info!(term, "this node led term {term} before it stopped; it starts as a follower (see LogStore::resign_leadership)");

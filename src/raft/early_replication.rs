@@ -125,7 +125,7 @@ impl EarlyReplication {
 
     /// Whether `vote` is this node's own committed vote: it leads under it.
     pub fn leads_with(&self, vote: &Vote<NodeId>) -> bool {
-        vote.is_committed() && vote.leader_id().voted_for() == Some(self.id)
+        super::is_leader_vote(vote, self.id)
     }
 
     fn links(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Link>> {

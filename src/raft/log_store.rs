@@ -55,8 +55,11 @@ pub struct LogStore {
     flush_stats: Arc<FlushStats>,
     /// The log's tail, decoded: what openraft reads back is served from here.
     recent: Arc<Mutex<RecentEntries>>,
-    /// What an early append needs to know of this log; `None` without early replication.
-    early: Option<(EarlyReplication, Arc<Mutex<EarlyView>>)>,
+    /// Where the leader's appends are offered; `None` without early replication.
+    early: Option<EarlyReplication>,
+    /// What an early append needs to know of this log (kept, cheaply, with
+    /// or without early replication).
+    early_view: Arc<Mutex<EarlyView>>,
 }
 
 /// What the log knows that an early append carries besides its entries and
@@ -86,22 +89,27 @@ impl LogStore {
             .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
         let committed_index = Arc::new(AtomicU64::new(0));
         let recent = Arc::default();
-        let store =
-            LogStore { db: db.clone(), logs, meta, flush_requests, committed_index, flush_stats, recent, early: None };
+        let store = LogStore {
+            db: db.clone(),
+            logs,
+            meta,
+            flush_requests,
+            committed_index,
+            flush_stats,
+            recent,
+            early: None,
+            early_view: Arc::default(),
+        };
         let committed = store.read_meta::<Option<LogId<NodeId>>>(schema::COMMITTED_KEY)?.flatten();
         store.committed_index.store(committed.map_or(0, |log_id| log_id.index), Ordering::Relaxed);
+        store.update_early_view(|view| view.committed = committed);
         Ok(store)
     }
 
     /// Offers every entry this node appends as leader to `early`.
-    ///
-    /// # Errors
-    /// When the committed marker cannot be read.
-    pub fn with_early_replication(mut self, early: EarlyReplication) -> Result<Self, StorageError<NodeId>> {
-        let committed = self.read_meta::<Option<LogId<NodeId>>>(schema::COMMITTED_KEY)?.flatten();
-        let view = EarlyView { vote: None, committed };
-        self.early = Some((early, Arc::new(Mutex::new(view))));
-        Ok(self)
+    pub fn with_early_replication(mut self, early: EarlyReplication) -> Self {
+        self.early = Some(early);
+        self
     }
 
     /// Saves a vote that made `node_id` leader as a plain vote for itself
@@ -125,7 +133,7 @@ impl LogStore {
     /// When the vote cannot be read or saved.
     pub async fn resign_leadership(&mut self, node_id: NodeId) -> Result<Option<u64>, StorageError<NodeId>> {
         let Some(vote) = self.read_meta::<Vote<NodeId>>(schema::VOTE_KEY)? else { return Ok(None) };
-        if !vote.is_committed() || vote.leader_id().voted_for() != Some(node_id) {
+        if !super::is_leader_vote(&vote, node_id) {
             return Ok(None);
         }
         let term = vote.leader_id().get_term();
@@ -133,11 +141,9 @@ impl LogStore {
         Ok(Some(term))
     }
 
-    /// Notes `update` in the early view, if there is one.
+    /// Notes `update` in the early view.
     fn update_early_view(&self, update: impl FnOnce(&mut EarlyView)) {
-        if let Some((_, view)) = &self.early {
-            update(&mut view.lock().unwrap_or_else(PoisonError::into_inner));
-        }
+        update(&mut self.early_view.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
     /// The index of the last log id saved as committed (0 before any).
@@ -303,7 +309,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.write_meta(schema::VOTE_KEY, vote, true).await?;
         // Only a flushed vote may go out with early appends.
         self.update_early_view(|view| view.vote = Some(*vote));
-        if let Some((early, _)) = &self.early {
+        if let Some(early) = &self.early {
             early.vote_saved(vote);
         }
         Ok(())
@@ -337,8 +343,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // than what sled's log order already gives: after a crash, a prefix
         // of these entries survives, and none is acknowledged before the flush.
         // Only a leader's own appends go early; a follower's take the plain path.
-        let early_vote = self.early.as_ref().and_then(|(early, view)| {
-            let view = view.lock().unwrap_or_else(PoisonError::into_inner);
+        let early_vote = self.early.as_ref().and_then(|early| {
+            let view = self.early_view.lock().unwrap_or_else(PoisonError::into_inner);
             view.vote.filter(|vote| early.leads_with(vote)).map(|vote| (early, vote, view.committed))
         });
         let Some((early, vote, committed)) = early_vote else {

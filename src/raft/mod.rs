@@ -44,6 +44,12 @@ pub type Node = openraft::BasicNode;
 /// The Raft handle of a node.
 pub type Raft = openraft::Raft<TypeConfig>;
 
+/// Whether `vote` is `node`'s own committed vote: `node` leads under it
+/// (and openraft 0.9 would resume leading under it after a restart).
+pub fn is_leader_vote(vote: &openraft::Vote<NodeId>, node: NodeId) -> bool {
+    vote.is_committed() && vote.leader_id().voted_for() == Some(node)
+}
+
 /// Short names for openraft's generic types under [`TypeConfig`].
 pub mod typ {
     use super::{Node, NodeId, TypeConfig};
