@@ -22,6 +22,8 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) fi
 command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
 command -v kill >/dev/null || apt_install procps
 command -v openssl >/dev/null || apt_install openssl
+# The bench's comparison with etcd runs against a real etcd cluster.
+command -v etcd >/dev/null && command -v etcdctl >/dev/null || apt_install etcd-server etcd-client
 
 # --- Rust ----------------------------------------------------------------------
 log "cargo fmt --check"

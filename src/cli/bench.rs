@@ -9,6 +9,8 @@
 //! - [`failover`]: SIGKILL the leader, time to the next acknowledged write;
 //!   `idle`: leader changes of an idle cluster;
 //! - [`scale`]: 10,000 runners and 30,000 locks: memory, snapshot, restart;
+//! - [`etcd`]: the same measurements against an etcd cluster, and
+//!   [`compare`]: both side by side, alternating, with the ratios;
 //! - [`report`]: per-task recorders, medians, the table and the JSON.
 //!
 //! Every run is bounded: warm-up + duration, then at most [`DRAIN_MAX`] for
@@ -16,7 +18,9 @@
 //! teardown steps each have [`STEP_TIMEOUT`]. The bench never talks to
 //! anything but the given endpoints.
 
+pub mod compare;
 pub mod effect_mix;
+pub mod etcd;
 pub mod failover;
 pub mod report;
 pub mod scale;
@@ -67,6 +71,16 @@ pub struct BenchArgs {
         value_delimiter = ','
     )]
     pub endpoints: Vec<String>,
+    /// Comma-separated `host:port` client endpoints of an etcd cluster, for
+    /// the etcd workloads and `compare-etcd`.
+    #[arg(
+        long,
+        global = true,
+        env = "ETCD_ENDPOINTS",
+        default_value = etcd::DEFAULT_ENDPOINTS,
+        value_delimiter = ','
+    )]
+    pub etcd_endpoints: Vec<String>,
     /// Concurrent tasks (simulated runners); a comma-separated list runs each in turn.
     #[arg(long, short = 'c', global = true, default_value = "16", value_delimiter = ',')]
     pub concurrency: Vec<usize>,
@@ -114,6 +128,15 @@ pub enum Workload {
     Idle,
     /// Fill the cluster (10,000 runners, 30,000 locks): memory, snapshot size, restart time.
     Scale(scale::ScaleArgs),
+    /// etcd: each task puts a 16-byte value under its own key (etcd's side of register).
+    EtcdPut,
+    /// etcd: the lock transaction over 300 keys, with releases (etcd's side of acquire).
+    EtcdLock(workloads::AcquireArgs),
+    /// etcd: linearizable range read of 100 runner keys (etcd's side of get-runners).
+    EtcdRange(workloads::GetRunnersArgs),
+    /// register/etcd-put, acquire/etcd-lock and get-runners/etcd-range in
+    /// alternating runs against both clusters, with the ratios.
+    CompareEtcd,
 }
 
 impl Workload {
@@ -128,7 +151,16 @@ impl Workload {
             Workload::Failover(_) => "failover",
             Workload::Idle => "idle",
             Workload::Scale(_) => "scale",
+            Workload::EtcdPut => "etcd-put",
+            Workload::EtcdLock(_) => "etcd-lock",
+            Workload::EtcdRange(_) => "etcd-range",
+            Workload::CompareEtcd => "compare-etcd",
         }
+    }
+
+    /// Whether the workload drives etcd instead of runner-storage.
+    fn is_etcd(&self) -> bool {
+        matches!(self, Workload::EtcdPut | Workload::EtcdLock(_) | Workload::EtcdRange(_))
     }
 }
 
@@ -167,6 +199,15 @@ pub struct RunPlan {
     pub duration: Duration,
 }
 
+impl RunPlan {
+    /// The plan of `workload` at `concurrency` under `args`: the etcd
+    /// endpoints for an etcd workload, the cluster's for the others.
+    pub fn of(args: &BenchArgs, workload: &Workload, concurrency: usize) -> Self {
+        let endpoints = if workload.is_etcd() { &args.etcd_endpoints } else { &args.endpoints };
+        RunPlan { endpoints: endpoints.clone(), concurrency, warmup: args.warmup, duration: args.duration }
+    }
+}
+
 /// [`Client`]s shared by a run's tasks, one per [`TASKS_PER_CLIENT`] tasks.
 pub struct ClientPool {
     clients: Vec<Arc<Client>>,
@@ -199,10 +240,19 @@ where
     F: Fn(usize, Arc<Client>, Window) -> Fut,
     Fut: Future<Output = Recorder> + Send + 'static,
 {
+    drive_tasks(plan, |index, window| task(index, pool.client(index), window)).await
+}
+
+/// [`drive`] for tasks that bring their own client (etcd's workloads).
+pub async fn drive_tasks<F, Fut>(plan: &RunPlan, task: F) -> Recorder
+where
+    F: Fn(usize, Window) -> Fut,
+    Fut: Future<Output = Recorder> + Send + 'static,
+{
     let window = Window::starting_now(plan.warmup, plan.duration);
     let mut tasks = JoinSet::new();
     for index in 0..plan.concurrency {
-        tasks.spawn(task(index, pool.client(index), window));
+        tasks.spawn(task(index, window));
     }
     collect(tasks, window.end + DRAIN_MAX).await
 }
@@ -267,9 +317,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Workload::Failover(failover_args) => return failover::run(&args.endpoints, failover_args, args.json).await,
         Workload::Idle => return failover::idle(&args.endpoints, args.duration, args.json).await,
         Workload::Scale(scale_args) => return scale::run(&args.endpoints, scale_args, args.json).await,
+        Workload::CompareEtcd => return compare::run(&args).await,
         _ => {}
     }
-    wait_for_leader(&args.endpoints).await?;
+    if !args.workload.is_etcd() {
+        wait_for_leader(&args.endpoints).await?;
+    }
     let workloads = match &args.workload {
         Workload::All => vec![
             Workload::Register,
@@ -286,12 +339,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut summaries = Vec::new();
     for workload in &workloads {
         for &concurrency in concurrencies(workload, &args.concurrency) {
-            let plan = RunPlan {
-                endpoints: args.endpoints.clone(),
-                concurrency,
-                warmup: args.warmup,
-                duration: args.duration,
-            };
+            let plan = RunPlan::of(&args, workload, concurrency);
             let mut runs = Vec::new();
             for run in 1..=args.runs {
                 let report = run_once(workload, &plan, run).await?;
@@ -336,7 +384,11 @@ fn check_flags(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_once(workload: &Workload, plan: &RunPlan, run: usize) -> anyhow::Result<RunReport> {
+/// One run of a single workload.
+///
+/// # Errors
+/// When the workload is not a single one, or its setup or teardown fails.
+pub async fn run_once(workload: &Workload, plan: &RunPlan, run: usize) -> anyhow::Result<RunReport> {
     let name = workload.name();
     let (primary, recorder) = match workload {
         Workload::Register => workloads::register(plan).await?,
@@ -344,7 +396,10 @@ async fn run_once(workload: &Workload, plan: &RunPlan, run: usize) -> anyhow::Re
         Workload::Refresh => workloads::refresh(plan).await?,
         Workload::GetRunners(args) => workloads::get_runners(plan, args).await?,
         Workload::EffectMix(args) => effect_mix::run(plan, args).await?,
-        Workload::All | Workload::Failover(_) | Workload::Idle | Workload::Scale(_) => {
+        Workload::EtcdPut => etcd::put(plan).await?,
+        Workload::EtcdLock(args) => etcd::lock(plan, args).await?,
+        Workload::EtcdRange(args) => etcd::range(plan, args).await?,
+        Workload::All | Workload::Failover(_) | Workload::Idle | Workload::Scale(_) | Workload::CompareEtcd => {
             anyhow::bail!("{name} is not a single workload")
         }
     };

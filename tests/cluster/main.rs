@@ -10,6 +10,7 @@ mod common;
 mod conformance;
 
 mod bad_input;
+mod bench;
 mod bootstrap;
 mod calls;
 mod conformance_clusters;

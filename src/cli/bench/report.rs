@@ -37,11 +37,19 @@ pub enum Call {
     Release,
     /// `releaseAll`.
     ReleaseAll,
+    /// etcd: a put of a 16-byte value.
+    EtcdPut,
+    /// etcd: the lock transaction (put-if-absent with a lease, else read the holder).
+    EtcdLock,
+    /// etcd: the delete that releases a lock.
+    EtcdUnlock,
+    /// etcd: a linearizable range read.
+    EtcdRange,
 }
 
 impl Call {
     /// Every call, in the order of the tables.
-    pub const ALL: [Call; 7] = [
+    pub const ALL: [Call; 11] = [
         Call::Register,
         Call::Unregister,
         Call::GetRunners,
@@ -49,6 +57,10 @@ impl Call {
         Call::Refresh,
         Call::Release,
         Call::ReleaseAll,
+        Call::EtcdPut,
+        Call::EtcdLock,
+        Call::EtcdUnlock,
+        Call::EtcdRange,
     ];
 
     /// The call's name in tables and JSON.
@@ -61,6 +73,10 @@ impl Call {
             Call::Refresh => "refresh",
             Call::Release => "release",
             Call::ReleaseAll => "release_all",
+            Call::EtcdPut => "etcd_put",
+            Call::EtcdLock => "etcd_lock_txn",
+            Call::EtcdUnlock => "etcd_unlock",
+            Call::EtcdRange => "etcd_range",
         }
     }
 
@@ -107,10 +123,19 @@ pub fn error_kind(error: &Error) -> &'static str {
 
 /// One task's measurements: a latency histogram per call, errors by call and
 /// kind, and named counters (`notes`) for workload-specific outcomes.
+///
+/// A histogram (~140 KB at these bounds) is made on a call's first success:
+/// a task makes two or three kinds of call, and a run has up to
+/// [`super::CONCURRENCY_MAX`] tasks.
 pub struct Recorder {
-    histograms: Vec<Histogram<u64>>,
+    histograms: Vec<Option<Histogram<u64>>>,
     errors: BTreeMap<(Call, &'static str), u64>,
     notes: BTreeMap<&'static str, u64>,
+}
+
+fn empty_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, LATENCY_DIGITS)
+        .expect("constant histogram bounds are valid: 1 <= low, high >= 2 * low, digits <= 5")
 }
 
 impl Default for Recorder {
@@ -122,9 +147,7 @@ impl Default for Recorder {
 impl Recorder {
     /// An empty recorder.
     pub fn new() -> Self {
-        let histogram = Histogram::new_with_bounds(1, LATENCY_US_MAX, LATENCY_DIGITS)
-            .expect("constant histogram bounds are valid: 1 <= low, high >= 2 * low, digits <= 5");
-        Recorder { histograms: vec![histogram; Call::ALL.len()], errors: BTreeMap::new(), notes: BTreeMap::new() }
+        Recorder { histograms: vec![None; Call::ALL.len()], errors: BTreeMap::new(), notes: BTreeMap::new() }
     }
 
     /// Records one call that started at `start` and just ended with `result`.
@@ -140,7 +163,9 @@ impl Recorder {
                 let done = Instant::now();
                 if done <= window.end {
                     let latency_us = u64::try_from(done.duration_since(start).as_micros()).unwrap_or(u64::MAX);
-                    self.histograms[call.index()].saturating_record(latency_us.max(1));
+                    self.histograms[call.index()]
+                        .get_or_insert_with(empty_histogram)
+                        .saturating_record(latency_us.max(1));
                 }
             }
             Err(error) => *self.errors.entry((call, error_kind(error))).or_default() += 1,
@@ -163,8 +188,9 @@ impl Recorder {
     /// Adds `other`'s measurements to this recorder.
     pub fn merge(&mut self, other: Recorder) {
         for (mine, theirs) in self.histograms.iter_mut().zip(&other.histograms) {
+            let Some(theirs) = theirs else { continue };
             // Both histograms have the same bounds, so adding cannot fail.
-            let _ = mine.add(theirs);
+            let _ = mine.get_or_insert_with(empty_histogram).add(theirs);
         }
         for (key, count) in other.errors {
             *self.errors.entry(key).or_default() += count;
@@ -241,7 +267,8 @@ impl RunReport {
         let measured_s = measured.as_secs_f64();
         let mut calls = Vec::new();
         for call in Call::ALL {
-            let histogram = &recorder.histograms[call.index()];
+            let empty = empty_histogram();
+            let histogram = recorder.histograms[call.index()].as_ref().unwrap_or(&empty);
             let errors: BTreeMap<&'static str, u64> =
                 recorder.errors.iter().filter(|((c, _), _)| *c == call).map(|((_, kind), n)| (*kind, *n)).collect();
             if histogram.is_empty() && errors.is_empty() && call != primary {

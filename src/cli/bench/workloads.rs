@@ -113,17 +113,14 @@ pub async fn acquire(plan: &RunPlan, args: &AcquireArgs) -> anyhow::Result<(Call
     anyhow::ensure!((0.0..=1.0).contains(&args.release_probability), "--release-probability must be within 0..=1");
     let pool = ClientPool::new(&plan.endpoints, plan.concurrency)?;
     let shard_ids: Arc<Vec<String>> = Arc::new((0..ACQUIRE_SHARDS).map(|i| format!("default:{i}")).collect());
-    let held_max = (ACQUIRE_SHARDS / (2 * plan.concurrency)).max(1);
-    let release_probability = args.release_probability;
     let mut recorder = drive(&pool, plan, |index, client, window| {
         let shard_ids = Arc::clone(&shard_ids);
+        let mut held = HeldShards::new(plan.concurrency, args.release_probability);
         async move {
             let (address, _) = bench_runner("acquire", index);
             let mut recorder = Recorder::new();
-            let mut rng = StdRng::from_entropy();
-            let mut held: VecDeque<usize> = VecDeque::new();
             while window.running() {
-                let shard = rng.gen_range(0..shard_ids.len());
+                let shard = held.draw();
                 let start = Instant::now();
                 let result = client.acquire(&address, std::slice::from_ref(&shard_ids[shard])).await;
                 recorder.record(Call::Acquire, &window, start, &result);
@@ -133,25 +130,13 @@ pub async fn acquire(plan: &RunPlan, args: &AcquireArgs) -> anyhow::Result<(Call
                     Ok(_) => recorder.note(&window, start, "acquire.conflict", 1),
                     Err(_) => {}
                 }
-                if !won || held.contains(&shard) {
-                    continue;
+                let Some(shard) = held.after_acquire(shard, won) else { continue };
+                if !window.running() {
+                    break;
                 }
-                held.push_back(shard);
-                let release = if rng.gen_bool(release_probability) {
-                    held.pop_back()
-                } else if held.len() > held_max {
-                    held.pop_front()
-                } else {
-                    None
-                };
-                if let Some(shard) = release {
-                    if !window.running() {
-                        break;
-                    }
-                    let start = Instant::now();
-                    let result = client.release(&address, &shard_ids[shard]).await;
-                    recorder.record(Call::Release, &window, start, &result);
-                }
+                let start = Instant::now();
+                let result = client.release(&address, &shard_ids[shard]).await;
+                recorder.record(Call::Release, &window, start, &result);
             }
             recorder
         }
@@ -160,6 +145,50 @@ pub async fn acquire(plan: &RunPlan, args: &AcquireArgs) -> anyhow::Result<(Call
     let addresses = (0..plan.concurrency).map(|i| bench_runner("acquire", i).0).collect();
     clean_up(&pool, addresses, &mut recorder).await?;
     Ok((Call::Acquire, recorder))
+}
+
+/// One `acquire` task's shards: which to try next and which to release.
+/// Shared with etcd's lock workload, so both move the pool the same way.
+pub struct HeldShards {
+    held: VecDeque<usize>,
+    held_max: usize,
+    release_probability: f64,
+    rng: StdRng,
+}
+
+impl HeldShards {
+    /// The shards of one of `concurrency` tasks; `release_probability` is
+    /// the chance of releasing a shard right after winning it.
+    pub fn new(concurrency: usize, release_probability: f64) -> Self {
+        HeldShards {
+            held: VecDeque::new(),
+            held_max: (ACQUIRE_SHARDS / (2 * concurrency.max(1))).max(1),
+            release_probability: release_probability.clamp(0.0, 1.0),
+            rng: StdRng::from_entropy(),
+        }
+    }
+
+    /// The shard to try next, uniform over [`ACQUIRE_SHARDS`].
+    pub fn draw(&mut self) -> usize {
+        self.rng.gen_range(0..ACQUIRE_SHARDS)
+    }
+
+    /// Notes the outcome of trying `shard`; returns the shard to release
+    /// now, if any: the one just won (with `release_probability`), or the
+    /// oldest held once more than `held_max` are held.
+    pub fn after_acquire(&mut self, shard: usize, won: bool) -> Option<usize> {
+        if !won || self.held.contains(&shard) {
+            return None;
+        }
+        self.held.push_back(shard);
+        if self.rng.gen_bool(self.release_probability) {
+            self.held.pop_back()
+        } else if self.held.len() > self.held_max {
+            self.held.pop_front()
+        } else {
+            None
+        }
+    }
 }
 
 /// The [`REFRESH_SHARDS_PER_TASK`] shards of `refresh` task `index`, distinct per task.
@@ -266,6 +295,20 @@ mod tests {
         assert_eq!(address, "bench-acquire-7:1");
         let parsed = RunnerAddress::parse(&address).expect("valid address");
         crate::model::encoding::validate_runner_json(&parsed, &runner).expect("valid runner JSON");
+    }
+
+    #[test]
+    fn held_shards_stay_within_their_bound() {
+        let mut held = HeldShards::new(64, 0.0);
+        assert_eq!(held.held_max, 2);
+        assert_eq!(held.after_acquire(5, false), None, "a conflict holds nothing");
+        assert_eq!(held.after_acquire(5, true), None);
+        assert_eq!(held.after_acquire(5, true), None, "re-acquiring an own shard holds it once");
+        assert_eq!(held.after_acquire(6, true), None);
+        assert_eq!(held.after_acquire(7, true), Some(5), "past the bound the oldest goes");
+        let mut always = HeldShards::new(1, 1.0);
+        assert_eq!(always.after_acquire(9, true), Some(9), "release probability 1 releases at once");
+        assert!((0..1000).map(|_| held.draw()).all(|shard| shard < ACQUIRE_SHARDS));
     }
 
     #[test]

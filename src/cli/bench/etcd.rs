@@ -1,0 +1,308 @@
+//! The same measurements against an etcd cluster, so that the comparison
+//! issue 6 asks for can be made on one machine in one sitting:
+//! - `etcd-put`: each task puts a 16-byte value under its own key (etcd's
+//!   side of `register`);
+//! - `etcd-lock`: the lock transaction of etcd's own `concurrency.Mutex`
+//!   over [`ACQUIRE_SHARDS`] keys — put the key with the task's lease if it
+//!   does not exist, else read it to see whether the task already holds it
+//!   — with the release pattern of `acquire` ([`HeldShards`]), a delete per
+//!   release (etcd's side of `acquire`);
+//! - `etcd-range`: a linearizable range read of 100 keys holding runner
+//!   JSON (etcd's side of `get-runners`).
+//!
+//! Every call goes straight to etcd's leader (found with `Maintenance.Status`),
+//! the best case for etcd: a member that is not leader would forward writes
+//! to it. Channels are made as the runner-storage client makes its own
+//! (plaintext, `TCP_NODELAY`, one HTTP/2 connection per
+//! [`TASKS_PER_CLIENT`] tasks). Keys live under [`KEY_PREFIX`] and are
+//! deleted after each run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use super::report::{Call, Recorder};
+use super::workloads::{bench_runner, AcquireArgs, GetRunnersArgs, HeldShards, ACQUIRE_SHARDS};
+use super::{drive_tasks, run_steps, RunPlan, CALL_DEADLINE, TASKS_PER_CLIENT};
+use crate::error::Error;
+use crate::pb::etcd::compare::{CompareResult, CompareTarget, TargetUnion};
+use crate::pb::etcd::kv_client::KvClient;
+use crate::pb::etcd::lease_client::LeaseClient;
+use crate::pb::etcd::maintenance_client::MaintenanceClient;
+use crate::pb::etcd::request_op::Request;
+use crate::pb::etcd::response_op::Response;
+use crate::pb::etcd::{
+    Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp,
+    StatusRequest, TxnRequest,
+};
+use crate::service::status::from_status;
+use crate::transport::Dialer;
+
+/// The client endpoints of `scripts/etcd-cluster.sh up`.
+pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:12379,127.0.0.1:22379,127.0.0.1:32379";
+/// Every key the bench writes starts with this.
+pub const KEY_PREFIX: &str = "runner-storage-bench/";
+/// The value `etcd-put` writes: 16 bytes, as in issue 6's etcd figures.
+const PUT_VALUE: &[u8; 16] = b"0123456789abcdef";
+/// TTL of each `etcd-lock` task's lease: longer than any run's calls, and
+/// revoked in teardown anyway.
+const LEASE_TTL_S: i64 = 120;
+/// Setup and teardown calls in flight at once.
+const SETUP_PARALLEL: usize = 64;
+/// How long the bench waits for etcd to have a leader.
+const LEADER_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// Channels to etcd's leader, one per [`TASKS_PER_CLIENT`] tasks.
+struct EtcdPool {
+    channels: Vec<Channel>,
+}
+
+impl EtcdPool {
+    async fn to_leader(endpoints: &[String], tasks: usize) -> anyhow::Result<Self> {
+        let leader = leader_endpoint(endpoints).await?;
+        let dialer = Dialer::default();
+        let channels = (0..tasks.div_ceil(TASKS_PER_CLIENT).max(1))
+            .map(|_| dialer.channel(&leader))
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("bad etcd endpoint {leader}"))?;
+        Ok(EtcdPool { channels })
+    }
+
+    fn channel(&self, task: usize) -> Channel {
+        self.channels[(task / TASKS_PER_CLIENT) % self.channels.len()].clone()
+    }
+
+    fn kv(&self, task: usize) -> KvClient<Channel> {
+        KvClient::new(self.channel(task))
+    }
+}
+
+/// The endpoint of etcd's leader: the member whose `Status` names itself.
+async fn leader_endpoint(endpoints: &[String]) -> anyhow::Result<String> {
+    let dialer = Dialer::default();
+    let deadline = Instant::now() + LEADER_WAIT_MAX;
+    loop {
+        for endpoint in endpoints {
+            let channel = dialer.channel(endpoint).with_context(|| format!("bad etcd endpoint {endpoint}"))?;
+            let status =
+                tokio::time::timeout(Duration::from_secs(1), MaintenanceClient::new(channel).status(StatusRequest {}))
+                    .await;
+            if let Ok(Ok(status)) = status {
+                let status = status.into_inner();
+                let member = status.header.map(|h| h.member_id);
+                if status.leader != 0 && member == Some(status.leader) {
+                    return Ok(endpoint.clone());
+                }
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no etcd leader among {endpoints:?} within {LEADER_WAIT_MAX:?}; is etcd up (scripts/etcd-cluster.sh up)?"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One etcd call with the bench's deadline; errors as the bench counts them.
+async fn call<T>(
+    request: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> crate::Result<T> {
+    match tokio::time::timeout(CALL_DEADLINE, request).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(from_status(status)),
+        Err(_) => Err(Error::DeadlineExceeded(format!("no answer from etcd within {CALL_DEADLINE:?}"))),
+    }
+}
+
+/// `[key, end)` covering every key that starts with `prefix`.
+fn prefix_range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
+    let key = prefix.as_bytes().to_vec();
+    let mut end = key.clone();
+    // The prefixes here end in '/', so the last byte never overflows.
+    *end.last_mut().expect("prefixes are not empty") += 1;
+    (key, end)
+}
+
+/// Deletes every key under `prefix`; counts a failure as `teardown.failed`.
+async fn delete_prefix(pool: &EtcdPool, prefix: &str, recorder: &mut Recorder) {
+    let (key, range_end) = prefix_range(prefix);
+    let deleted = call(pool.kv(0).delete_range(DeleteRangeRequest { key, range_end })).await;
+    recorder.note_always("teardown.failed", u64::from(deleted.is_err()));
+}
+
+/// `etcd-put`: each task puts [`PUT_VALUE`] under its own key in a loop.
+///
+/// # Errors
+/// When etcd has no leader.
+pub async fn put(plan: &RunPlan) -> anyhow::Result<(Call, Recorder)> {
+    let pool = EtcdPool::to_leader(&plan.endpoints, plan.concurrency).await?;
+    let prefix = format!("{KEY_PREFIX}put/");
+    let mut recorder = drive_tasks(plan, |index, window| {
+        let mut kv = pool.kv(index);
+        let key = format!("{prefix}{index}").into_bytes();
+        async move {
+            let mut recorder = Recorder::new();
+            while window.running() {
+                let start = Instant::now();
+                let request = PutRequest { key: key.clone(), value: PUT_VALUE.to_vec(), lease: 0 };
+                let result = call(kv.put(request)).await;
+                recorder.record(Call::EtcdPut, &window, start, &result);
+            }
+            recorder
+        }
+    })
+    .await;
+    delete_prefix(&pool, &prefix, &mut recorder).await;
+    Ok((Call::EtcdPut, recorder))
+}
+
+/// The lock transaction: if `key` does not exist, put `owner` there with
+/// `lease`; else read it. Returns whether `owner` holds the key afterwards.
+async fn try_lock(kv: &mut KvClient<Channel>, key: &[u8], owner: &[u8], lease: i64) -> crate::Result<bool> {
+    let absent = Compare {
+        result: CompareResult::Equal.into(),
+        target: CompareTarget::Create.into(),
+        key: key.to_vec(),
+        target_union: Some(TargetUnion::CreateRevision(0)),
+    };
+    let put = RequestOp {
+        request: Some(Request::RequestPut(PutRequest { key: key.to_vec(), value: owner.to_vec(), lease })),
+    };
+    let read = RequestOp {
+        request: Some(Request::RequestRange(RangeRequest { key: key.to_vec(), ..RangeRequest::default() })),
+    };
+    let answer = call(kv.txn(TxnRequest { compare: vec![absent], success: vec![put], failure: vec![read] })).await?;
+    if answer.succeeded {
+        return Ok(true);
+    }
+    let holder = answer.responses.into_iter().find_map(|op| match op.response {
+        Some(Response::ResponseRange(range)) => range.kvs.into_iter().next().map(|kv| kv.value),
+        _ => None,
+    });
+    Ok(holder.as_deref() == Some(owner))
+}
+
+/// `etcd-lock`: tasks compete for [`ACQUIRE_SHARDS`] keys with the lock
+/// transaction, each under a lease of its own, and release as `acquire` does.
+///
+/// # Errors
+/// When the flags are out of range, etcd has no leader, or a lease cannot be granted.
+pub async fn lock(plan: &RunPlan, args: &AcquireArgs) -> anyhow::Result<(Call, Recorder)> {
+    anyhow::ensure!((0.0..=1.0).contains(&args.release_probability), "--release-probability must be within 0..=1");
+    let pool = EtcdPool::to_leader(&plan.endpoints, plan.concurrency).await?;
+    let mut leases = Vec::with_capacity(plan.concurrency);
+    for index in 0..plan.concurrency {
+        let mut lease = LeaseClient::new(pool.channel(index));
+        let granted = call(lease.lease_grant(LeaseGrantRequest { ttl: LEASE_TTL_S, id: 0 }))
+            .await
+            .context("etcd-lock setup: LeaseGrant failed")?;
+        anyhow::ensure!(granted.error.is_empty(), "etcd-lock setup: LeaseGrant: {}", granted.error);
+        leases.push(granted.id);
+    }
+    let keys: Arc<Vec<Vec<u8>>> =
+        Arc::new((0..ACQUIRE_SHARDS).map(|i| format!("{KEY_PREFIX}lock/{i}").into_bytes()).collect());
+    let mut recorder = drive_tasks(plan, |index, window| {
+        let mut kv = pool.kv(index);
+        let keys = Arc::clone(&keys);
+        let lease = leases[index];
+        let mut held = HeldShards::new(plan.concurrency, args.release_probability);
+        async move {
+            let owner = format!("bench-lock-{index}").into_bytes();
+            let mut recorder = Recorder::new();
+            while window.running() {
+                let shard = held.draw();
+                let start = Instant::now();
+                let result = try_lock(&mut kv, &keys[shard], &owner, lease).await;
+                recorder.record(Call::EtcdLock, &window, start, &result);
+                let won = matches!(result, Ok(true));
+                match &result {
+                    Ok(_) if won => recorder.note(&window, start, "etcd_lock.won", 1),
+                    Ok(_) => recorder.note(&window, start, "etcd_lock.conflict", 1),
+                    Err(_) => {}
+                }
+                let Some(shard) = held.after_acquire(shard, won) else { continue };
+                if !window.running() {
+                    break;
+                }
+                let start = Instant::now();
+                let request = DeleteRangeRequest { key: keys[shard].clone(), range_end: Vec::new() };
+                let result = call(kv.delete_range(request)).await;
+                recorder.record(Call::EtcdUnlock, &window, start, &result);
+            }
+            recorder
+        }
+    })
+    .await;
+    // Revoking a lease deletes the keys it holds.
+    let steps = leases
+        .into_iter()
+        .map(|id| {
+            let mut lease = LeaseClient::new(pool.channel(0));
+            async move { call(lease.lease_revoke(LeaseRevokeRequest { id })).await.map(|_| ()) }
+        })
+        .collect();
+    let failures = run_steps("etcd-lock teardown", SETUP_PARALLEL, steps).await?;
+    recorder.note_always("teardown.failed", failures);
+    Ok((Call::EtcdLock, recorder))
+}
+
+/// `etcd-range`: `args.runners` keys holding the runner JSON `get-runners`
+/// registers are put in setup; tasks read them all with a linearizable range
+/// read in a loop. An answer with fewer counts as `etcd_range.short`.
+///
+/// # Errors
+/// When etcd has no leader or setup fails.
+pub async fn range(plan: &RunPlan, args: &GetRunnersArgs) -> anyhow::Result<(Call, Recorder)> {
+    let pool = EtcdPool::to_leader(&plan.endpoints, plan.concurrency).await?;
+    let prefix = format!("{KEY_PREFIX}runners/");
+    let steps = (0..args.runners)
+        .map(|index| {
+            let mut kv = pool.kv(0);
+            let (address, runner) = bench_runner("get-runners", index);
+            let key = format!("{prefix}{address}").into_bytes();
+            async move { call(kv.put(PutRequest { key, value: runner.into_bytes(), lease: 0 })).await.map(|_| ()) }
+        })
+        .collect();
+    let failures = run_steps("etcd-range setup", SETUP_PARALLEL, steps).await?;
+    anyhow::ensure!(failures == 0, "etcd-range setup: {failures} puts failed");
+    let (key, range_end) = prefix_range(&prefix);
+    let expected = args.runners;
+    let mut recorder = drive_tasks(plan, |index, window| {
+        let mut kv = pool.kv(index);
+        let request = RangeRequest { key: key.clone(), range_end: range_end.clone(), ..RangeRequest::default() };
+        async move {
+            let mut recorder = Recorder::new();
+            while window.running() {
+                let start = Instant::now();
+                let result = call(kv.range(request.clone())).await;
+                recorder.record(Call::EtcdRange, &window, start, &result);
+                if matches!(&result, Ok(answer) if answer.kvs.len() < expected) {
+                    recorder.note(&window, start, "etcd_range.short", 1);
+                }
+            }
+            recorder
+        }
+    })
+    .await;
+    delete_prefix(&pool, &prefix, &mut recorder).await;
+    Ok((Call::EtcdRange, recorder))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_range_covers_exactly_the_prefix() {
+        let (key, end) = prefix_range("runner-storage-bench/put/");
+        assert_eq!(key, b"runner-storage-bench/put/");
+        assert_eq!(end, b"runner-storage-bench/put0");
+        let inside = b"runner-storage-bench/put/17".as_slice();
+        let outside = b"runner-storage-bench/put0".as_slice();
+        assert!(key.as_slice() <= inside && inside < end.as_slice());
+        assert!(outside >= end.as_slice());
+    }
+}
