@@ -12,7 +12,10 @@ log() { printf '\n== %s\n' "$*"; }
 apt_install() {
   # Debian packages, installed only when missing (needs root, as on CI).
   local missing=()
-  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  # dpkg -s also succeeds for a removed package whose config files remain.
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" -ne 0 ]; then echo "missing Debian packages: ${missing[*]} (run as root to install)" >&2; return 1; fi
   log "installing ${missing[*]}"
