@@ -20,7 +20,13 @@ INITIAL_CLUSTER=m1=http://127.0.0.1:12380,m2=http://127.0.0.1:22380,m3=http://12
 
 die() { echo "etcd-cluster.sh: $*" >&2; exit 1; }
 pid_file() { echo "$STATE/m$1.pid"; }
-is_running() { local f; f=$(pid_file "$1"); [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
+# Running: the pid exists and is not a zombie (a SIGKILLed member whose
+# parent has not reaped it yet has released its ports and data dir).
+is_running() {
+  local f pid; f=$(pid_file "$1"); [ -f "$f" ] || return 1
+  pid=$(cat "$f"); [ -e "/proc/$pid" ] || return 1
+  ! grep -q ') Z' "/proc/$pid/stat" 2>/dev/null
+}
 
 install_etcd() {
   command -v etcd >/dev/null && command -v etcdctl >/dev/null && return 0
@@ -64,7 +70,7 @@ case "$cmd" in
     for id in "${MEMBERS[@]}"; do
       is_running "$id" || continue
       pid=$(cat "$(pid_file "$id")"); kill "$pid"
-      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      for _ in $(seq 100); do is_running "$id" || break; sleep 0.1; done
       rm -f "$(pid_file "$id")"
     done
     ;;

@@ -9,6 +9,7 @@
 //! - [`failover`]: SIGKILL the leader, time to the next acknowledged write;
 //!   `idle`: leader changes of an idle cluster;
 //! - [`scale`]: 10,000 runners and 30,000 locks: memory, snapshot, restart;
+//! - [`kill_rounds`]: the rounds of `failover` and `etcd-failover`;
 //! - [`etcd`]: the same measurements against an etcd cluster, and
 //!   [`compare`]: both side by side, alternating, with the ratios;
 //! - [`report`]: per-task recorders, medians, the table and the JSON.
@@ -21,7 +22,9 @@
 pub mod compare;
 pub mod effect_mix;
 pub mod etcd;
+pub mod etcd_failover;
 pub mod failover;
+pub mod kill_rounds;
 pub mod report;
 pub mod scale;
 pub mod workloads;
@@ -134,6 +137,8 @@ pub enum Workload {
     EtcdLock(workloads::AcquireArgs),
     /// etcd: linearizable range read of 100 runner keys (etcd's side of get-runners).
     EtcdRange(workloads::GetRunnersArgs),
+    /// etcd: SIGKILL its leader under steady puts; time to the next acknowledged put.
+    EtcdFailover(etcd_failover::EtcdFailoverArgs),
     /// register/etcd-put, acquire/etcd-lock and get-runners/etcd-range in
     /// alternating runs against both clusters, with the ratios.
     CompareEtcd,
@@ -154,6 +159,7 @@ impl Workload {
             Workload::EtcdPut => "etcd-put",
             Workload::EtcdLock(_) => "etcd-lock",
             Workload::EtcdRange(_) => "etcd-range",
+            Workload::EtcdFailover(_) => "etcd-failover",
             Workload::CompareEtcd => "compare-etcd",
         }
     }
@@ -318,6 +324,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Workload::Idle => return failover::idle(&args.endpoints, args.duration, args.json).await,
         Workload::Scale(scale_args) => return scale::run(&args.endpoints, scale_args, args.json).await,
         Workload::CompareEtcd => return compare::run(&args).await,
+        Workload::EtcdFailover(failover_args) => {
+            return etcd_failover::run(&args.etcd_endpoints, failover_args, args.json).await
+        }
         _ => {}
     }
     if !args.workload.is_etcd() {
@@ -399,7 +408,12 @@ pub async fn run_once(workload: &Workload, plan: &RunPlan, run: usize) -> anyhow
         Workload::EtcdPut => etcd::put(plan).await?,
         Workload::EtcdLock(args) => etcd::lock(plan, args).await?,
         Workload::EtcdRange(args) => etcd::range(plan, args).await?,
-        Workload::All | Workload::Failover(_) | Workload::Idle | Workload::Scale(_) | Workload::CompareEtcd => {
+        Workload::All
+        | Workload::Failover(_)
+        | Workload::Idle
+        | Workload::Scale(_)
+        | Workload::CompareEtcd
+        | Workload::EtcdFailover(_) => {
             anyhow::bail!("{name} is not a single workload")
         }
     };

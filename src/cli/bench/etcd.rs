@@ -8,7 +8,8 @@
 //!   — with the release pattern of `acquire` ([`HeldShards`]), a delete per
 //!   release (etcd's side of `acquire`);
 //! - `etcd-range`: a linearizable range read of 100 keys holding runner
-//!   JSON (etcd's side of `get-runners`).
+//!   JSON (etcd's side of `get-runners`);
+//! - `etcd-failover` ([`super::etcd_failover`]): `failover`'s rounds.
 //!
 //! Every call goes straight to etcd's leader (found with `Maintenance.Status`),
 //! the best case for etcd: a member that is not leader would forward writes
@@ -25,7 +26,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use super::report::{Call, Recorder};
-use super::workloads::{bench_runner, AcquireArgs, GetRunnersArgs, HeldShards, ACQUIRE_SHARDS};
+use super::workloads::{bench_runner, lock_task, AcquireArgs, GetRunnersArgs, HeldShards, LockCalls, ACQUIRE_SHARDS};
 use super::{drive_tasks, run_steps, RunPlan, CALL_DEADLINE, TASKS_PER_CLIENT};
 use crate::error::Error;
 use crate::pb::etcd::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -46,7 +47,7 @@ pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:12379,127.0.0.1:22379,127.0.0.1:3
 /// Every key the bench writes starts with this.
 pub const KEY_PREFIX: &str = "runner-storage-bench/";
 /// The value `etcd-put` writes: 16 bytes, as in issue 6's etcd figures.
-const PUT_VALUE: &[u8; 16] = b"0123456789abcdef";
+pub const PUT_VALUE: &[u8; 16] = b"0123456789abcdef";
 /// TTL of each `etcd-lock` task's lease: longer than any run's calls, and
 /// revoked in teardown anyway.
 const LEASE_TTL_S: i64 = 120;
@@ -159,6 +160,28 @@ pub async fn put(plan: &RunPlan) -> anyhow::Result<(Call, Recorder)> {
     Ok((Call::EtcdPut, recorder))
 }
 
+/// etcd's lock calls: the lock transaction, and a delete to release.
+struct EtcdLocks {
+    kv: KvClient<Channel>,
+    keys: Arc<Vec<Vec<u8>>>,
+    owner: Vec<u8>,
+    lease: i64,
+}
+
+impl LockCalls for EtcdLocks {
+    const CALLS: [Call; 2] = [Call::EtcdLock, Call::EtcdUnlock];
+    const NOTES: [&'static str; 2] = ["etcd_lock.won", "etcd_lock.conflict"];
+
+    async fn take(&mut self, shard: usize) -> crate::Result<bool> {
+        try_lock(&mut self.kv, &self.keys[shard], &self.owner, self.lease).await
+    }
+
+    async fn release(&mut self, shard: usize) -> crate::Result<()> {
+        let request = DeleteRangeRequest { key: self.keys[shard].clone(), range_end: Vec::new() };
+        call(self.kv.delete_range(request)).await.map(|_| ())
+    }
+}
+
 /// The lock transaction: if `key` does not exist, put `owner` there with
 /// `lease`; else read it. Returns whether `owner` holds the key afterwards.
 async fn try_lock(kv: &mut KvClient<Channel>, key: &[u8], owner: &[u8], lease: i64) -> crate::Result<bool> {
@@ -205,35 +228,13 @@ pub async fn lock(plan: &RunPlan, args: &AcquireArgs) -> anyhow::Result<(Call, R
     let keys: Arc<Vec<Vec<u8>>> =
         Arc::new((0..ACQUIRE_SHARDS).map(|i| format!("{KEY_PREFIX}lock/{i}").into_bytes()).collect());
     let mut recorder = drive_tasks(plan, |index, window| {
-        let mut kv = pool.kv(index);
-        let keys = Arc::clone(&keys);
-        let lease = leases[index];
-        let mut held = HeldShards::new(plan.concurrency, args.release_probability);
-        async move {
-            let owner = format!("bench-lock-{index}").into_bytes();
-            let mut recorder = Recorder::new();
-            while window.running() {
-                let shard = held.draw();
-                let start = Instant::now();
-                let result = try_lock(&mut kv, &keys[shard], &owner, lease).await;
-                recorder.record(Call::EtcdLock, &window, start, &result);
-                let won = matches!(result, Ok(true));
-                match &result {
-                    Ok(_) if won => recorder.note(&window, start, "etcd_lock.won", 1),
-                    Ok(_) => recorder.note(&window, start, "etcd_lock.conflict", 1),
-                    Err(_) => {}
-                }
-                let Some(shard) = held.after_acquire(shard, won) else { continue };
-                if !window.running() {
-                    break;
-                }
-                let start = Instant::now();
-                let request = DeleteRangeRequest { key: keys[shard].clone(), range_end: Vec::new() };
-                let result = call(kv.delete_range(request)).await;
-                recorder.record(Call::EtcdUnlock, &window, start, &result);
-            }
-            recorder
-        }
+        let locks = EtcdLocks {
+            kv: pool.kv(index),
+            keys: Arc::clone(&keys),
+            owner: format!("bench-lock-{index}").into_bytes(),
+            lease: leases[index],
+        };
+        lock_task(locks, HeldShards::new(plan.concurrency, args.release_probability), window)
     })
     .await;
     // Revoking a lease deletes the keys it holds.

@@ -6,6 +6,7 @@
 //! addresses are `bench-<workload>-<task>:1`; no real runner uses them.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 
 use clap::Args;
@@ -13,8 +14,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use super::report::{Call, Recorder};
+use super::report::{Call, Recorder, Window};
 use super::{drive, run_steps, ClientPool, RunPlan};
+use crate::client::Client;
 use crate::interface::Encoded;
 use crate::model::{Runner, RunnerAddress};
 
@@ -114,32 +116,8 @@ pub async fn acquire(plan: &RunPlan, args: &AcquireArgs) -> anyhow::Result<(Call
     let pool = ClientPool::new(&plan.endpoints, plan.concurrency)?;
     let shard_ids: Arc<Vec<String>> = Arc::new((0..ACQUIRE_SHARDS).map(|i| format!("default:{i}")).collect());
     let mut recorder = drive(&pool, plan, |index, client, window| {
-        let shard_ids = Arc::clone(&shard_ids);
-        let mut held = HeldShards::new(plan.concurrency, args.release_probability);
-        async move {
-            let (address, _) = bench_runner("acquire", index);
-            let mut recorder = Recorder::new();
-            while window.running() {
-                let shard = held.draw();
-                let start = Instant::now();
-                let result = client.acquire(&address, std::slice::from_ref(&shard_ids[shard])).await;
-                recorder.record(Call::Acquire, &window, start, &result);
-                let won = matches!(&result, Ok(got) if !got.is_empty());
-                match &result {
-                    Ok(_) if won => recorder.note(&window, start, "acquire.won", 1),
-                    Ok(_) => recorder.note(&window, start, "acquire.conflict", 1),
-                    Err(_) => {}
-                }
-                let Some(shard) = held.after_acquire(shard, won) else { continue };
-                if !window.running() {
-                    break;
-                }
-                let start = Instant::now();
-                let result = client.release(&address, &shard_ids[shard]).await;
-                recorder.record(Call::Release, &window, start, &result);
-            }
-            recorder
-        }
+        let locks = ShardLocks { client, address: bench_runner("acquire", index).0, shard_ids: Arc::clone(&shard_ids) };
+        lock_task(locks, HeldShards::new(plan.concurrency, args.release_probability), window)
     })
     .await;
     let addresses = (0..plan.concurrency).map(|i| bench_runner("acquire", i).0).collect();
@@ -188,6 +166,65 @@ impl HeldShards {
         } else {
             None
         }
+    }
+}
+
+/// The two calls of a lock workload, as one task makes them.
+pub trait LockCalls: Send + 'static {
+    /// The calls' histograms: taking a shard, releasing one.
+    const CALLS: [Call; 2];
+    /// The notes counting won and conflicting takes.
+    const NOTES: [&'static str; 2];
+    /// Tries to take shard `shard`; whether the task holds it afterwards.
+    fn take(&mut self, shard: usize) -> impl Future<Output = crate::Result<bool>> + Send + '_;
+    /// Releases shard `shard`.
+    fn release(&mut self, shard: usize) -> impl Future<Output = crate::Result<()>> + Send + '_;
+}
+
+/// One task of a lock workload: draws shards and takes them until the
+/// window ends, releasing as `held` says.
+pub async fn lock_task<L: LockCalls>(mut locks: L, mut held: HeldShards, window: Window) -> Recorder {
+    let [take_call, release_call] = L::CALLS;
+    let [won_note, conflict_note] = L::NOTES;
+    let mut recorder = Recorder::new();
+    while window.running() {
+        let shard = held.draw();
+        let start = Instant::now();
+        let result = locks.take(shard).await;
+        recorder.record(take_call, &window, start, &result);
+        let won = matches!(result, Ok(true));
+        if result.is_ok() {
+            recorder.note(&window, start, if won { won_note } else { conflict_note }, 1);
+        }
+        let Some(shard) = held.after_acquire(shard, won) else { continue };
+        if !window.running() {
+            break;
+        }
+        let start = Instant::now();
+        let result = locks.release(shard).await;
+        recorder.record(release_call, &window, start, &result);
+    }
+    recorder
+}
+
+/// runner-storage's lock calls: `acquire` of one shard, `release`.
+struct ShardLocks {
+    client: Arc<Client>,
+    address: String,
+    shard_ids: Arc<Vec<String>>,
+}
+
+impl LockCalls for ShardLocks {
+    const CALLS: [Call; 2] = [Call::Acquire, Call::Release];
+    const NOTES: [&'static str; 2] = ["acquire.won", "acquire.conflict"];
+
+    async fn take(&mut self, shard: usize) -> crate::Result<bool> {
+        let got = self.client.acquire(&self.address, std::slice::from_ref(&self.shard_ids[shard])).await?;
+        Ok(!got.is_empty())
+    }
+
+    async fn release(&mut self, shard: usize) -> crate::Result<()> {
+        self.client.release(&self.address, &self.shard_ids[shard]).await
     }
 }
 
