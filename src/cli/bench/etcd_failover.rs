@@ -8,8 +8,9 @@
 //! and restarted with `<script> up`; it has caught up once its applied
 //! index reaches the leader's index at the restart. Each writer puts a
 //! 16-byte value under its own key, starting at its own member and moving
-//! to the next on an error, as an etcd client with several endpoints does;
-//! a member that is not leader forwards the put to the leader.
+//! to the next on an error or after `--put-timeout`, as an etcd client with
+//! several endpoints and a request deadline does; a member that is not
+//! leader forwards the put to the leader.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,10 +29,6 @@ use crate::transport::Dialer;
 
 /// Longest one status poll of a member may take.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
-/// Longest one writer's put may take before it moves to the next member:
-/// etcd's own request timeout (5 s by default) ends a put stuck on a member
-/// that lost its leader.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Flags of `etcd-failover`.
 #[derive(Debug, Clone, Args)]
@@ -45,6 +42,12 @@ pub struct EtcdFailoverArgs {
     /// Where the members' pid files are; default: `.etcd-cluster` beside the script's directory.
     #[arg(long)]
     pub etcd_pid_dir: Option<PathBuf>,
+    /// How long a writer waits for one put before it tries the next member.
+    /// etcd itself fails a put stranded by its leader's death only after its
+    /// request timeout (5 s + 2 election timeouts: 7 s by default), so a
+    /// client that waits for that sees ~7 s whatever the election took.
+    #[arg(long, default_value = "1s", value_parser = super::parse_duration)]
+    pub put_timeout: Duration,
 }
 
 /// Runs the rounds against the etcd cluster at `endpoints`.
@@ -57,7 +60,13 @@ pub async fn run(endpoints: &[String], args: &EtcdFailoverArgs, json: bool) -> a
         .etcd_pid_dir
         .clone()
         .unwrap_or_else(|| args.etcd_script.parent().unwrap_or(Path::new(".")).join("..").join(".etcd-cluster"));
-    let cluster = EtcdCluster { endpoints: endpoints.to_vec(), script: args.etcd_script.clone(), pid_dir };
+    anyhow::ensure!(!args.put_timeout.is_zero(), "--put-timeout must be more than 0");
+    let cluster = EtcdCluster {
+        endpoints: endpoints.to_vec(),
+        script: args.etcd_script.clone(),
+        pid_dir,
+        put_timeout: args.put_timeout,
+    };
     kill_rounds::run(&cluster, &args.rounds, json).await
 }
 
@@ -83,6 +92,7 @@ struct EtcdCluster {
     endpoints: Vec<String>,
     script: PathBuf,
     pid_dir: PathBuf,
+    put_timeout: Duration,
 }
 
 impl EtcdCluster {
@@ -118,13 +128,14 @@ pub struct PutWriter {
     members: Vec<KvClient<Channel>>,
     at: usize,
     key: Vec<u8>,
+    timeout: Duration,
 }
 
 impl RoundWriter for PutWriter {
     async fn write(&mut self) -> bool {
         let request = PutRequest { key: self.key.clone(), value: PUT_VALUE.to_vec(), lease: 0 };
         let put = self.members[self.at].put(request);
-        let acked = matches!(tokio::time::timeout(WRITE_TIMEOUT, put).await, Ok(Ok(_)));
+        let acked = matches!(tokio::time::timeout(self.timeout, put).await, Ok(Ok(_)));
         if !acked {
             self.at = (self.at + 1) % self.members.len();
         }
@@ -145,7 +156,7 @@ impl FailoverTarget for EtcdCluster {
         let members = (0..self.endpoints.len()).map(|place| self.channel(place).map(KvClient::new));
         let members = members.collect::<anyhow::Result<Vec<_>>>()?;
         let key = format!("{KEY_PREFIX}failover/{index}").into_bytes();
-        Ok(PutWriter { at: index % members.len().max(1), members, key })
+        Ok(PutWriter { at: index % members.len().max(1), members, key, timeout: self.put_timeout })
     }
 
     async fn whole(&self) -> anyhow::Result<MemberView> {
