@@ -27,7 +27,7 @@ use tonic::transport::Channel;
 
 use super::report::{Call, Recorder};
 use super::workloads::{bench_runner, lock_task, AcquireArgs, GetRunnersArgs, HeldShards, LockCalls, ACQUIRE_SHARDS};
-use super::{drive_tasks, run_steps, RunPlan, CALL_DEADLINE, TASKS_PER_CLIENT};
+use super::{drive_tasks, run_steps, RunPlan, CALL_DEADLINE, DRAIN_MAX, TASKS_PER_CLIENT};
 use crate::error::Error;
 use crate::pb::etcd::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::pb::etcd::kv_client::KvClient;
@@ -48,9 +48,9 @@ pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:12379,127.0.0.1:22379,127.0.0.1:3
 pub const KEY_PREFIX: &str = "runner-storage-bench/";
 /// The value `etcd-put` writes: 16 bytes, as in issue 6's etcd figures.
 pub const PUT_VALUE: &[u8; 16] = b"0123456789abcdef";
-/// TTL of each `etcd-lock` task's lease: longer than any run's calls, and
-/// revoked in teardown anyway.
-const LEASE_TTL_S: i64 = 120;
+/// What each `etcd-lock` task's lease outlives its run by (it is revoked in
+/// teardown anyway): no lock expires while the run takes it.
+const LEASE_TTL_MARGIN: Duration = Duration::from_secs(60);
 /// Setup and teardown calls in flight at once.
 const SETUP_PARALLEL: usize = 64;
 /// How long the bench waits for etcd to have a leader.
@@ -216,10 +216,12 @@ async fn try_lock(kv: &mut KvClient<Channel>, key: &[u8], owner: &[u8], lease: i
 pub async fn lock(plan: &RunPlan, args: &AcquireArgs) -> anyhow::Result<(Call, Recorder)> {
     anyhow::ensure!((0.0..=1.0).contains(&args.release_probability), "--release-probability must be within 0..=1");
     let pool = EtcdPool::to_leader(&plan.endpoints, plan.concurrency).await?;
+    let ttl = plan.warmup + plan.duration + DRAIN_MAX + LEASE_TTL_MARGIN;
+    let ttl = i64::try_from(ttl.as_secs()).context("the run is too long for an etcd lease")?;
     let mut leases = Vec::with_capacity(plan.concurrency);
     for index in 0..plan.concurrency {
         let mut lease = LeaseClient::new(pool.channel(index));
-        let granted = call(lease.lease_grant(LeaseGrantRequest { ttl: LEASE_TTL_S, id: 0 }))
+        let granted = call(lease.lease_grant(LeaseGrantRequest { ttl, id: 0 }))
             .await
             .context("etcd-lock setup: LeaseGrant failed")?;
         anyhow::ensure!(granted.error.is_empty(), "etcd-lock setup: LeaseGrant: {}", granted.error);

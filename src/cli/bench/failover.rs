@@ -1,8 +1,8 @@
 //! `failover`: SIGKILL the leader under steady writes and time the gap to the
 //! next acknowledged write; `idle`: count leader changes of an idle cluster.
 //!
-//! The rounds themselves are [`kill_rounds`](super::kill_rounds)'; this
-//! module is runner-storage's side of them ([`RunnerStorageCluster`]): the
+//! The rounds themselves are [`kill_rounds`]'s; this
+//! module is runner-storage's side of them (`RunnerStorageCluster`): the
 //! leader is read from every node's `Admin.Status`, killed by the pid in the
 //! cluster script's pid file (or through `cluster.sh kill-leader`), and
 //! restarted with `cluster.sh restart N`; the restarted node has caught up
