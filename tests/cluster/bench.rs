@@ -1,7 +1,9 @@
 //! `runner-storage bench compare-etcd` against a real 3-node cluster and a
 //! real 3-member etcd cluster (Debian's etcd-server; `scripts/test.sh`
 //! installs it): every workload of both sides makes calls without errors,
-//! the lock workloads see wins, and both clusters are left as found.
+//! the lock workloads see wins, and both clusters are left as found. And
+//! `bench failover` against a real cluster: it kills the leader, sees
+//! writes resume, and restarts the node through the cluster script.
 
 use std::process::{Child, Command, Stdio};
 
@@ -135,4 +137,79 @@ async fn compare_etcd_drives_both_clusters_and_cleans_up() {
     assert_eq!(etcd.keys_under("runner-storage-bench/"), Vec::<String>::new(), "the bench leaves no key in etcd");
     let runners = cluster.client().get_runners().await.unwrap();
     assert!(runners.is_empty(), "the bench leaves no runner registered: {runners:?}");
+}
+
+/// The cluster script `bench failover` restarts nodes with: `restart N`
+/// starts node N from its config in `dir` and writes its pid file, as
+/// `scripts/cluster.sh restart` does for a local cluster, and lists the pid
+/// in `dir/restarted.pids` for the test to stop.
+fn write_restart_script(dir: &std::path::Path, pid_dir: &std::path::Path) -> std::path::PathBuf {
+    let script = dir.join("restart.sh");
+    let text = format!(
+        "#!/bin/sh\nset -e\n[ \"$1\" = restart ] || exit 2\n\
+         nohup '{bin}' serve --config '{dir}/node'\"$2\"'.toml' >>'{dir}/node'\"$2\"'.restarted.log' 2>&1 &\n\
+         echo $! >'{pids}/node'\"$2\"'.pid'\necho $! >>'{dir}/restarted.pids'\n",
+        bin = binary().display(),
+        dir = dir.display(),
+        pids = pid_dir.display()
+    );
+    std::fs::write(&script, text).expect("write the restart script");
+    let mut permissions = std::fs::metadata(&script).expect("script metadata").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&script, permissions).expect("make the script executable");
+    script
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_bench_kills_the_leader_and_sees_writes_resume() {
+    let cluster = TestCluster::start(3);
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let pid_dir = cluster.dir.path().join("pids");
+    std::fs::create_dir_all(&pid_dir).unwrap();
+    for node in cluster.nodes.values() {
+        std::fs::write(pid_dir.join(format!("node{}.pid", node.id)), node.child.as_ref().unwrap().id().to_string())
+            .unwrap();
+    }
+    let script = write_restart_script(cluster.dir.path(), &pid_dir);
+    let output = tokio::task::spawn_blocking({
+        let endpoints = cluster.endpoints().join(",");
+        let (script, pid_dir) = (script.clone(), pid_dir.clone());
+        move || {
+            Command::new(binary())
+                .args(["bench", "failover", "--endpoints", &endpoints, "--rounds", "2", "--settle", "200ms", "--json"])
+                .arg("--cluster-script")
+                .arg(&script)
+                .arg("--pid-dir")
+                .arg(&pid_dir)
+                .output()
+                .expect("run the bench")
+        }
+    })
+    .await
+    .unwrap();
+    // The restarted nodes are not the harness's children: stop them here.
+    let restarted: Vec<u32> = std::fs::read_to_string(cluster.dir.path().join("restarted.pids"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect();
+    for pid in &restarted {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failover failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON document on stdout");
+
+    assert_eq!(report["rounds_timed_out"].as_u64(), Some(0), "every round saw a write after the kill: {report}");
+    assert_eq!(restarted.len(), 2, "each round restarted the node it killed: {report}");
+    let rounds = report["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 2);
+    for round in rounds {
+        assert!(round["first_ack_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{round}");
+        assert!(round["caught_up_ms"].as_f64().is_some(), "the restarted node caught up: {round}");
+        assert_ne!(round["new_leader"], round["killed_node"], "another node led: {round}");
+        let terms: Vec<u64> = round["terms"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
+        assert!(terms[1] > terms[0], "the election raised the term: {round}");
+    }
+    assert!(report["writes_acknowledged"].as_u64().unwrap() > 0, "{report}");
 }
