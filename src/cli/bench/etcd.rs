@@ -53,6 +53,8 @@ pub const PUT_VALUE: &[u8; 16] = b"0123456789abcdef";
 const LEASE_TTL_MARGIN: Duration = Duration::from_secs(60);
 /// Setup and teardown calls in flight at once.
 const SETUP_PARALLEL: usize = 64;
+/// Longest one `Maintenance.Status` call may take.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the bench waits for etcd to have a leader.
 const LEADER_WAIT_MAX: Duration = Duration::from_secs(30);
 
@@ -81,22 +83,62 @@ impl EtcdPool {
     }
 }
 
+/// One member's `Maintenance.Status`, as the bench reads it.
+#[derive(Debug, Clone)]
+pub struct MemberView {
+    /// The member's place in the endpoints, from 0.
+    pub place: usize,
+    /// Its member id.
+    pub member_id: u64,
+    /// The leader it knows (0: none).
+    pub leader: u64,
+    /// Its Raft term.
+    pub term: u64,
+    /// Its applied index.
+    pub applied_index: u64,
+}
+
+impl MemberView {
+    /// Whether the member names itself leader.
+    pub fn is_leader(&self) -> bool {
+        self.leader != 0 && self.leader == self.member_id
+    }
+}
+
+/// Channels to every endpoint, made once (each connects lazily).
+///
+/// # Errors
+/// When an endpoint is not a valid address.
+pub fn channels_to(endpoints: &[String]) -> anyhow::Result<Vec<Channel>> {
+    let dialer = Dialer::default();
+    endpoints
+        .iter()
+        .map(|endpoint| dialer.channel(endpoint).with_context(|| format!("bad etcd endpoint {endpoint}")))
+        .collect()
+}
+
+/// The status of the member at `place` behind `channel`; `None` when it
+/// does not answer within [`STATUS_TIMEOUT`].
+pub async fn member_view(channel: Channel, place: usize) -> Option<MemberView> {
+    let mut client = MaintenanceClient::new(channel);
+    let status = tokio::time::timeout(STATUS_TIMEOUT, client.status(StatusRequest {})).await.ok()?.ok()?.into_inner();
+    Some(MemberView {
+        place,
+        member_id: status.header?.member_id,
+        leader: status.leader,
+        term: status.raft_term,
+        applied_index: status.raft_applied_index,
+    })
+}
+
 /// The endpoint of etcd's leader: the member whose `Status` names itself.
 async fn leader_endpoint(endpoints: &[String]) -> anyhow::Result<String> {
-    let dialer = Dialer::default();
+    let channels = channels_to(endpoints)?;
     let deadline = Instant::now() + LEADER_WAIT_MAX;
     loop {
-        for endpoint in endpoints {
-            let channel = dialer.channel(endpoint).with_context(|| format!("bad etcd endpoint {endpoint}"))?;
-            let status =
-                tokio::time::timeout(Duration::from_secs(1), MaintenanceClient::new(channel).status(StatusRequest {}))
-                    .await;
-            if let Ok(Ok(status)) = status {
-                let status = status.into_inner();
-                let member = status.header.map(|h| h.member_id);
-                if status.leader != 0 && member == Some(status.leader) {
-                    return Ok(endpoint.clone());
-                }
+        for (place, channel) in channels.iter().enumerate() {
+            if member_view(channel.clone(), place).await.is_some_and(|view| view.is_leader()) {
+                return Ok(endpoints[place].clone());
             }
         }
         anyhow::ensure!(

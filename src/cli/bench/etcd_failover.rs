@@ -19,16 +19,11 @@ use clap::Args;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use super::etcd::{KEY_PREFIX, PUT_VALUE};
+use super::etcd::{channels_to, member_view, MemberView, KEY_PREFIX, PUT_VALUE, STATUS_TIMEOUT};
 use super::failover::{run_script, sigkill_by_pid_file, CATCH_UP_WAIT_MAX, HEALTHY_WAIT_MAX};
 use super::kill_rounds::{self, FailoverTarget, RoundArgs, RoundWriter};
 use crate::pb::etcd::kv_client::KvClient;
-use crate::pb::etcd::maintenance_client::MaintenanceClient;
-use crate::pb::etcd::{DeleteRangeRequest, PutRequest, StatusRequest};
-use crate::transport::Dialer;
-
-/// Longest one status poll of a member may take.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+use crate::pb::etcd::{DeleteRangeRequest, PutRequest};
 
 /// Flags of `etcd-failover`.
 #[derive(Debug, Clone, Args)]
@@ -63,6 +58,7 @@ pub async fn run(endpoints: &[String], args: &EtcdFailoverArgs, json: bool) -> a
     anyhow::ensure!(!args.put_timeout.is_zero(), "--put-timeout must be more than 0");
     let cluster = EtcdCluster {
         endpoints: endpoints.to_vec(),
+        status_channels: channels_to(endpoints)?,
         script: args.etcd_script.clone(),
         pid_dir,
         put_timeout: args.put_timeout,
@@ -70,48 +66,18 @@ pub async fn run(endpoints: &[String], args: &EtcdFailoverArgs, json: bool) -> a
     kill_rounds::run(&cluster, &args.rounds, json).await
 }
 
-/// One member's status.
-#[derive(Debug, Clone)]
-pub struct MemberView {
-    /// Its place in the endpoints, from 0.
-    place: usize,
-    member_id: u64,
-    /// The leader it knows (0: none).
-    leader: u64,
-    term: u64,
-    applied_index: u64,
-}
-
-impl MemberView {
-    fn is_leader(&self) -> bool {
-        self.leader != 0 && self.leader == self.member_id
-    }
-}
-
 struct EtcdCluster {
     endpoints: Vec<String>,
+    /// One per endpoint, for the status polls (made once, not per poll).
+    status_channels: Vec<Channel>,
     script: PathBuf,
     pid_dir: PathBuf,
     put_timeout: Duration,
 }
 
 impl EtcdCluster {
-    fn channel(&self, place: usize) -> anyhow::Result<Channel> {
-        let endpoint = &self.endpoints[place];
-        Dialer::default().channel(endpoint).map_err(|e| anyhow::anyhow!("bad etcd endpoint {endpoint}: {e}"))
-    }
-
     async fn view(&self, place: usize) -> Option<MemberView> {
-        let mut client = MaintenanceClient::new(self.channel(place).ok()?);
-        let status = tokio::time::timeout(STATUS_TIMEOUT, client.status(StatusRequest {})).await.ok()?.ok()?;
-        let status = status.into_inner();
-        Some(MemberView {
-            place,
-            member_id: status.header?.member_id,
-            leader: status.leader,
-            term: status.raft_term,
-            applied_index: status.raft_applied_index,
-        })
+        member_view(self.status_channels[place].clone(), place).await
     }
 
     async fn views(&self, places: impl Iterator<Item = usize>) -> Vec<Option<MemberView>> {
@@ -153,8 +119,7 @@ impl FailoverTarget for EtcdCluster {
     type Writer = PutWriter;
 
     fn writer(&self, index: usize) -> anyhow::Result<PutWriter> {
-        let members = (0..self.endpoints.len()).map(|place| self.channel(place).map(KvClient::new));
-        let members = members.collect::<anyhow::Result<Vec<_>>>()?;
+        let members: Vec<_> = channels_to(&self.endpoints)?.into_iter().map(KvClient::new).collect();
         let key = format!("{KEY_PREFIX}failover/{index}").into_bytes();
         Ok(PutWriter { at: index % members.len().max(1), members, key, timeout: self.put_timeout })
     }
