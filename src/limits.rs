@@ -19,6 +19,26 @@ pub const SHARD_IDS_PER_CALL_MAX: usize = 10_000;
 /// Default cluster-wide lock expiration `E`: Effect's `shardLockExpiration` default.
 pub const LOCK_EXPIRATION_MS_DEFAULT: u64 = 35_000;
 
+/// How much faster or slower than the leader's monotonic clock store time
+/// may run while it steers toward the wall clock, in parts per million (1%).
+/// Store time never trusts a wall clock further than this (SPEC §4): a
+/// wall clock stepped by hours moves store time by at most 1% of the real
+/// time that passes, so no step can expire a lock early by more than
+/// [`lock_slack_ms`].
+pub const STORE_TIME_SLEW_PPM: u64 = 10_000;
+
+/// The part of a lock expiration `E` a holder may not count on: store time
+/// runs at most [`STORE_TIME_SLEW_PPM`] fast, so `E` of store time lasts at
+/// least `E × 10⁶ / (10⁶ + ppm)` of real time; 1 ms more covers the
+/// millisecond truncation of stamps. From the moment its acquire or refresh
+/// was sent, a holder owns the lock for `E − lock_slack_ms(E)` of its own
+/// monotonic time (SPEC §4).
+pub const fn lock_slack_ms(lock_expiration_ms: u64) -> u64 {
+    let fast_ms =
+        (lock_expiration_ms as u128 * STORE_TIME_SLEW_PPM as u128).div_ceil(1_000_000 + STORE_TIME_SLEW_PPM as u128);
+    fast_ms as u64 + 1
+}
+
 /// Largest accepted lock expiration (one day): a longer `E` would keep dead
 /// runners' shards locked for longer than any operator means to.
 pub const LOCK_EXPIRATION_MS_MAX: u64 = 24 * 60 * 60 * 1000;
@@ -109,6 +129,9 @@ const _: () = assert!(SNAPSHOT_CHUNK_BYTES * 2 <= GRPC_MESSAGE_BYTES_MAX);
 // Every machine id residue must be available to the runner cap's first 1024 runners.
 const _: () = assert!(RUNNERS_MAX_DEFAULT as i64 >= MACHINE_ID_RESIDUES);
 const _: () = assert!(LOCK_EXPIRATION_MS_DEFAULT <= LOCK_EXPIRATION_MS_MAX);
+// A holder keeps at least 98% of E whatever the clocks do.
+const _: () = assert!(lock_slack_ms(LOCK_EXPIRATION_MS_DEFAULT) * 50 <= LOCK_EXPIRATION_MS_DEFAULT);
+const _: () = assert!(STORE_TIME_SLEW_PPM < 1_000_000);
 const _: () = assert!(FORWARD_HOPS_MAX == 1);
 // A full AppendEntries message of maximal entries fits in one gRPC message.
 const _: () =
