@@ -353,6 +353,30 @@ impl Node {
         matches!(known, Ok(Ok(_)))
     }
 
+    /// Completes when Raft stopped on its own (a storage error, a panic in
+    /// its core), with the reason; never while it runs or after a requested
+    /// shutdown. A node whose Raft stopped cannot serve anything: `serve`
+    /// exits on it, naming the data dir, rather than answer every call with
+    /// an error.
+    pub async fn raft_failed(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                if !matches!(fatal, openraft::error::Fatal::Stopped) {
+                    return format!(
+                        "node {}: Raft stopped: {fatal} (data dir {}; if it is damaged, see the way out logged \
+                         at the last start, or move it aside and add this node again with a new id)",
+                        self.id,
+                        self.data_dir.path().display()
+                    );
+                }
+            }
+            if metrics.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Whether this node currently leads.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
