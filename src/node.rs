@@ -303,7 +303,7 @@ impl Node {
 
     /// Store time for views that need no barrier (metrics): the leader's
     /// clock when it is anchored, else the state's time.
-    fn store_now_ms_for_views(&self) -> u64 {
+    pub fn store_time_ms_for_views(&self) -> u64 {
         let term = self.raft.metrics().borrow().current_term;
         let state_now_ms = self.state_machine.read().state.now_ms();
         self.store_clock.now_ms(term, Instant::now(), wall_clock_ms()).map_or(state_now_ms, |now| now.max(state_now_ms))
@@ -399,7 +399,7 @@ impl Node {
     /// The Prometheus text of this node's metrics.
     pub fn render_metrics(&self) -> String {
         let raft = self.raft_view();
-        let now_ms = self.store_now_ms_for_views();
+        let now_ms = self.store_time_ms_for_views();
         self.metrics.render(&raft, &self.state_machine.read(), now_ms)
     }
 
