@@ -167,7 +167,8 @@ impl Node {
         let flush_stats = log_store.flush_stats();
         let dialer = config.peer_dialer()?;
         let lease = Duration::from_millis(config.raft.election_timeout_max_ms);
-        let (election_nudges, nudge_queue) = Nudges::new(lease);
+        let election_timeout_min = Duration::from_millis(config.raft.election_timeout_min_ms);
+        let (election_nudges, nudge_queue) = Nudges::new(lease, election_timeout_min);
         let unreachable_backoff =
             Duration::from_millis(config.raft.heartbeat_interval_ms).min(crate::limits::PEER_UNREACHABLE_BACKOFF_MAX);
         let network = Network::new(dialer.clone(), election_nudges.clone(), unreachable_backoff, early);
