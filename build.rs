@@ -10,8 +10,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("runner_storage_descriptor.bin"))
         .compile_protos(&["proto/runner_storage.proto", "proto/raft.proto", "proto/admin.proto"], &["proto"])?;
-    // The bench's etcd client: client side only, and kept out of the
-    // descriptor set that server reflection publishes.
-    tonic_prost_build::configure().build_server(false).compile_protos(&["proto/etcd.proto"], &["proto"])?;
     Ok(())
 }

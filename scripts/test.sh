@@ -27,16 +27,18 @@ command -v kill >/dev/null || apt_install procps
 command -v openssl >/dev/null || apt_install openssl
 # The clock tests run nodes under libfaketime (their wall clocks stepped).
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || apt_install faketime
-# The bench's comparison with etcd runs against a real etcd cluster.
+# The bench's tests (bench/tests/) compare against a real etcd cluster.
 command -v etcd >/dev/null && command -v etcdctl >/dev/null || apt_install etcd-server etcd-client
 
 # --- Rust ----------------------------------------------------------------------
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
-cargo clippy --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+# --workspace: the node and the bench (bench/); cargo builds every binary
+# before any test runs, so the bench's tests find the node's binary.
 log "cargo test"
-cargo test --quiet
+cargo test --workspace --quiet
 
 # --- Effect client ---------------------------------------------------------------
 log "Effect client (clients/effect)"

@@ -18,11 +18,5 @@ pub mod admin {
     tonic::include_proto!("runner_storage.admin.v1");
 }
 
-/// The subset of etcd's v3 API that `bench`'s etcd workloads call
-/// (`proto/etcd.proto`, client side only).
-pub mod etcd {
-    tonic::include_proto!("etcdserverpb");
-}
-
 /// The encoded descriptors of every proto file, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("runner_storage_descriptor");

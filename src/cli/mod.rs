@@ -1,6 +1,6 @@
-//! The command line: `serve`, `ctl` and `bench`, each a thin shell over the library.
+//! The command line: `serve` and `ctl`, each a thin shell over the library.
+//! (The benchmark is a binary of its own, `runner-storage-bench`, in `bench/`.)
 
-pub mod bench;
 pub mod ctl;
 pub mod serve;
 
@@ -28,8 +28,6 @@ pub enum Command {
     },
     /// Inspect and administer a running cluster.
     Ctl(ctl::CtlArgs),
-    /// Drive a running cluster and report ops/s and latency percentiles.
-    Bench(bench::BenchArgs),
 }
 
 /// Starts `tracing` logs to stderr, filtered by `RUST_LOG` (default `info`,
@@ -57,7 +55,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             runtime(config.worker_threads)?.block_on(serve::run(config))
         }
         Command::Ctl(args) => runtime(None)?.block_on(ctl::run(args)),
-        Command::Bench(args) => runtime(Some(args.client_threads))?.block_on(bench::run(args)),
     }
 }
 
@@ -74,8 +71,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// and 25–50% more writes per second at C=64. The price is latency when
 /// little is queued: woken tasks wait their turn, so one call's chain of
 /// hand-offs is slower (C=1 writes ~0.1 ms, `getRunners` at C=16 a fifth
-/// fewer per second; `BENCHMARKS.md`, set K).
-fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+/// fewer per second; `BENCHMARKS.md`, set K). `runner-storage-bench` runs
+/// on one of these too, for the same reason.
+///
+/// # Errors
+/// When the operating system refuses the runtime's threads or its I/O driver.
+pub fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = match threads {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(threads) => {

@@ -10,7 +10,6 @@ mod common;
 mod conformance;
 
 mod bad_input;
-mod bench;
 mod bootstrap;
 mod calls;
 mod clock;

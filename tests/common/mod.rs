@@ -91,8 +91,34 @@ pub fn free_port() -> u16 {
     panic!("no new loopback port in {FREE_PORT_ATTEMPTS_MAX} binds");
 }
 
+/// The node binary. For the root package's tests, the one cargo built for
+/// them. Cargo names it only to tests of the package that has it, so the
+/// bench's tests (`bench/tests/`, which include this harness) take
+/// `RUNNER_STORAGE_BIN`, or else `runner-storage` in the target dir they
+/// run from (`target/debug/deps/<test>` → `target/debug/runner-storage`),
+/// which `cargo test --workspace` builds before it runs any test. Panics,
+/// saying how to build it, when it is not there.
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_runner-storage"))
+    if let Some(path) = option_env!("CARGO_BIN_EXE_runner-storage") {
+        return PathBuf::from(path);
+    }
+    let path = match std::env::var_os("RUNNER_STORAGE_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let test = std::env::current_exe().expect("the test binary's own path");
+            // target/<profile>/deps/<test>: the node is in target/<profile>/.
+            let profile_dir = test.parent().and_then(std::path::Path::parent).expect("target/<profile>/deps/<test>");
+            profile_dir.join("runner-storage")
+        }
+    };
+    assert!(
+        path.is_file(),
+        "the node binary {} is missing: build it with `cargo build -p runner-storage` (with --release for a \
+         release test run), or run `cargo test --workspace`, which builds every binary first; or point \
+         RUNNER_STORAGE_BIN at one",
+        path.display()
+    );
+    path
 }
 
 /// Debian's libfaketime (package `faketime`, installed by `scripts/test.sh`).

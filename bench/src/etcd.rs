@@ -9,7 +9,7 @@
 //!   release (etcd's side of `acquire`);
 //! - `etcd-range`: a linearizable range read of 100 keys holding runner
 //!   JSON (etcd's side of `get-runners`);
-//! - `etcd-failover` ([`super::etcd_failover`]): `failover`'s rounds.
+//! - `etcd-failover` ([`crate::etcd_failover`]): `failover`'s rounds.
 //!
 //! Every call goes straight to etcd's leader (found with `Maintenance.Status`),
 //! the best case for etcd: a member that is not leader would forward writes
@@ -25,10 +25,10 @@ use anyhow::Context;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use super::report::{Call, Recorder};
-use super::workloads::{bench_runner, lock_task, AcquireArgs, GetRunnersArgs, HeldShards, LockCalls, ACQUIRE_SHARDS};
-use super::{drive_tasks, run_steps, RunPlan, CALL_DEADLINE, DRAIN_MAX, TASKS_PER_CLIENT};
-use crate::error::Error;
+use runner_storage::service::status::from_status;
+use runner_storage::transport::Dialer;
+use runner_storage::Error;
+
 use crate::pb::etcd::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::pb::etcd::kv_client::KvClient;
 use crate::pb::etcd::lease_client::LeaseClient;
@@ -39,8 +39,9 @@ use crate::pb::etcd::{
     Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp,
     StatusRequest, TxnRequest,
 };
-use crate::service::status::from_status;
-use crate::transport::Dialer;
+use crate::report::{Call, Recorder};
+use crate::workloads::{bench_runner, lock_task, AcquireArgs, GetRunnersArgs, HeldShards, LockCalls, ACQUIRE_SHARDS};
+use crate::{drive_tasks, run_steps, RunPlan, CALL_DEADLINE, DRAIN_MAX, TASKS_PER_CLIENT};
 
 /// The client endpoints of `scripts/etcd-cluster.sh up`.
 pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:12379,127.0.0.1:22379,127.0.0.1:32379";
@@ -152,7 +153,7 @@ async fn leader_endpoint(endpoints: &[String]) -> anyhow::Result<String> {
 /// One etcd call with the bench's deadline; errors as the bench counts them.
 async fn call<T>(
     request: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> crate::Result<T> {
+) -> runner_storage::Result<T> {
     match tokio::time::timeout(CALL_DEADLINE, request).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
         Ok(Err(status)) => Err(from_status(status)),
@@ -214,11 +215,11 @@ impl LockCalls for EtcdLocks {
     const CALLS: [Call; 2] = [Call::EtcdLock, Call::EtcdUnlock];
     const NOTES: [&'static str; 2] = ["etcd_lock.won", "etcd_lock.conflict"];
 
-    async fn take(&mut self, shard: usize) -> crate::Result<bool> {
+    async fn take(&mut self, shard: usize) -> runner_storage::Result<bool> {
         try_lock(&mut self.kv, &self.keys[shard], &self.owner, self.lease).await
     }
 
-    async fn release(&mut self, shard: usize) -> crate::Result<()> {
+    async fn release(&mut self, shard: usize) -> runner_storage::Result<()> {
         let request = DeleteRangeRequest { key: self.keys[shard].clone(), range_end: Vec::new() };
         call(self.kv.delete_range(request)).await.map(|_| ())
     }
@@ -226,7 +227,7 @@ impl LockCalls for EtcdLocks {
 
 /// The lock transaction: if `key` does not exist, put `owner` there with
 /// `lease`; else read it. Returns whether `owner` holds the key afterwards.
-async fn try_lock(kv: &mut KvClient<Channel>, key: &[u8], owner: &[u8], lease: i64) -> crate::Result<bool> {
+async fn try_lock(kv: &mut KvClient<Channel>, key: &[u8], owner: &[u8], lease: i64) -> runner_storage::Result<bool> {
     let absent = Compare {
         result: CompareResult::Equal.into(),
         target: CompareTarget::Create.into(),

@@ -1,5 +1,5 @@
-//! `bench compare-etcd`: runner-storage and etcd side by side, on the same
-//! machine, in the same minutes.
+//! `runner-storage-bench compare-etcd`: runner-storage and etcd side by
+//! side, on the same machine, in the same minutes.
 //!
 //! Each pair of workloads ([`pairs`]) runs at each concurrency `--runs`
 //! times per side, alternating — runner-storage first in odd runs, etcd
@@ -10,9 +10,9 @@
 
 use serde::Serialize;
 
-use super::report::{print_run, print_run_header, Summary};
-use super::workloads::{AcquireArgs, GetRunnersArgs};
-use super::{run_once, wait_for_leader, BenchArgs, RunPlan, Workload};
+use crate::report::{print_run, print_run_header, Summary};
+use crate::workloads::{AcquireArgs, GetRunnersArgs};
+use crate::{run_once, wait_for_leader, BenchArgs, RunPlan, Workload};
 
 /// The workloads compared: runner-storage's, then etcd's counterpart.
 pub fn pairs() -> [(Workload, Workload); 3] {

@@ -24,11 +24,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::report::{Call, Recorder, Window};
-use super::workloads::bench_runner;
-use super::{collect, parse_duration, run_steps, ClientPool, RunPlan, CONCURRENCY_MAX, DRAIN_MAX};
-use crate::client::Client;
-use crate::interface::Encoded;
+use runner_storage::client::Client;
+use runner_storage::Encoded;
+
+use crate::report::{Call, Recorder, Window};
+use crate::workloads::bench_runner;
+use crate::{collect, parse_duration, run_steps, ClientPool, RunPlan, CONCURRENCY_MAX, DRAIN_MAX};
 
 /// Teardown calls in flight at once.
 const TEARDOWN_PARALLEL: usize = 64;

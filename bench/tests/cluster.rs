@@ -1,15 +1,32 @@
-//! `runner-storage bench compare-etcd` against a real 3-node cluster and a
+//! `runner-storage-bench compare-etcd` against a real 3-node cluster and a
 //! real 3-member etcd cluster (Debian's etcd-server; `scripts/test.sh`
 //! installs it): every workload of both sides makes calls without errors,
 //! the lock workloads see wins, and both clusters are left as found. And
-//! `bench failover` against a real cluster: it kills the leader, sees
-//! writes resume, and restarts the node through the cluster script.
+//! `runner-storage-bench failover` against a real cluster: it kills the
+//! leader, sees writes resume, and restarts the node through the cluster
+//! script.
+//!
+//! The nodes are the node's binary, `runner-storage`, which this package
+//! does not build: `../tests/common`'s `binary()` finds it in the target dir
+//! (`cargo test --workspace` builds it first) or at `RUNNER_STORAGE_BIN`.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use runner_storage::Encoded;
 
-use super::common::{binary, free_port, TestCluster, LEADER_TIMEOUT};
+use common::{binary, free_port, TestCluster, LEADER_TIMEOUT};
+
+/// The bench binary under test, built by cargo for this package's tests.
+fn bench_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_runner-storage-bench"))
+}
 
 /// A 3-member etcd cluster on free loopback ports, killed on drop.
 struct EtcdCluster {
@@ -88,8 +105,8 @@ async fn compare_etcd_drives_both_clusters_and_cleans_up() {
         let endpoints = cluster.endpoints().join(",");
         let etcd_endpoints = etcd.endpoints.join(",");
         move || {
-            Command::new(binary())
-                .args(["bench", "compare-etcd", "--endpoints", &endpoints, "--etcd-endpoints", &etcd_endpoints])
+            Command::new(bench_binary())
+                .args(["compare-etcd", "--endpoints", &endpoints, "--etcd-endpoints", &etcd_endpoints])
                 .args(["--concurrency", "4", "--duration", "1s", "--warmup", "200ms", "--runs", "1", "--json"])
                 .output()
                 .expect("run the bench")
@@ -98,7 +115,7 @@ async fn compare_etcd_drives_both_clusters_and_cleans_up() {
     .await
     .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bench compare-etcd failed: {stderr}");
+    assert!(output.status.success(), "runner-storage-bench compare-etcd failed: {stderr}");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON document on stdout");
 
     let pairs = report["pairs"].as_array().expect("pairs");
@@ -139,8 +156,8 @@ async fn compare_etcd_drives_both_clusters_and_cleans_up() {
     assert!(runners.is_empty(), "the bench leaves no runner registered: {runners:?}");
 }
 
-/// The cluster script `bench failover` restarts nodes with: `restart N`
-/// starts node N from its config in `dir` and writes its pid file, as
+/// The cluster script `runner-storage-bench failover` restarts nodes with:
+/// `restart N` starts node N from its config in `dir` and writes its pid file, as
 /// `scripts/cluster.sh restart` does for a local cluster, and lists the pid
 /// in `dir/restarted.pids` for the test to stop.
 fn write_restart_script(dir: &std::path::Path, pid_dir: &std::path::Path) -> std::path::PathBuf {
@@ -175,8 +192,8 @@ async fn failover_bench_kills_the_leader_and_sees_writes_resume() {
         let endpoints = cluster.endpoints().join(",");
         let (script, pid_dir) = (script.clone(), pid_dir.clone());
         move || {
-            Command::new(binary())
-                .args(["bench", "failover", "--endpoints", &endpoints, "--rounds", "2", "--settle", "200ms", "--json"])
+            Command::new(bench_binary())
+                .args(["failover", "--endpoints", &endpoints, "--rounds", "2", "--settle", "200ms", "--json"])
                 .arg("--cluster-script")
                 .arg(&script)
                 .arg("--pid-dir")
@@ -197,7 +214,7 @@ async fn failover_bench_kills_the_leader_and_sees_writes_resume() {
         let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bench failover failed: {stderr}");
+    assert!(output.status.success(), "runner-storage-bench failover failed: {stderr}");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON document on stdout");
 
     assert_eq!(report["rounds_timed_out"].as_u64(), Some(0), "every round saw a write after the kill: {report}");

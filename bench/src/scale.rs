@@ -25,18 +25,19 @@ use clap::Args;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::failover::{pid_dir_of, restart_and_catch_up, sigkill, wait_gone, wait_whole};
-use super::report::median;
-use super::workloads::bench_runner;
-use super::{run_steps, ClientPool};
-use crate::client::Client;
-use crate::interface::Encoded;
-use crate::pb::v1::StatusResponse;
+use runner_storage::client::Client;
+use runner_storage::pb::v1::StatusResponse;
+use runner_storage::Encoded;
+
+use crate::failover::{pid_dir_of, restart_and_catch_up, sigkill, wait_gone, wait_whole};
+use crate::report::median;
+use crate::workloads::bench_runner;
+use crate::{run_steps, ClientPool};
 
 /// Calls in flight while filling and emptying the cluster.
 const FILL_PARALLEL: usize = 64;
 /// Most runners `--runners` may ask for (the cluster's default cap).
-const RUNNERS_MAX: usize = crate::limits::RUNNERS_MAX_DEFAULT;
+const RUNNERS_MAX: usize = runner_storage::limits::RUNNERS_MAX_DEFAULT;
 /// Most locks `--groups` × `--shards` may ask for.
 const LOCKS_MAX: usize = 1_000_000;
 /// Most restart rounds.
@@ -62,7 +63,7 @@ pub struct ScaleArgs {
     pub shards: usize,
     /// Lock expiration `E` while measuring, so the locks stay held; the old
     /// `E` is restored at the end.
-    #[arg(long, default_value = "10m", value_parser = super::parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = crate::parse_duration)]
     pub hold: Duration,
     /// Follower restarts to time (0: none).
     #[arg(long, default_value_t = 3)]

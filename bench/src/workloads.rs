@@ -14,11 +14,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use super::report::{Call, Recorder, Window};
-use super::{drive, run_steps, ClientPool, RunPlan};
-use crate::client::Client;
-use crate::interface::Encoded;
-use crate::model::{Runner, RunnerAddress};
+use runner_storage::client::Client;
+use runner_storage::model::{Runner, RunnerAddress};
+use runner_storage::Encoded;
+
+use crate::report::{Call, Recorder, Window};
+use crate::{drive, run_steps, ClientPool, RunPlan};
 
 /// Shards the `acquire` workload competes for (`default:0..300`), as an Effect
 /// cluster's default group.
@@ -176,9 +177,9 @@ pub trait LockCalls: Send + 'static {
     /// The notes counting won and conflicting takes.
     const NOTES: [&'static str; 2];
     /// Tries to take shard `shard`; whether the task holds it afterwards.
-    fn take(&mut self, shard: usize) -> impl Future<Output = crate::Result<bool>> + Send + '_;
+    fn take(&mut self, shard: usize) -> impl Future<Output = runner_storage::Result<bool>> + Send + '_;
     /// Releases shard `shard`.
-    fn release(&mut self, shard: usize) -> impl Future<Output = crate::Result<()>> + Send + '_;
+    fn release(&mut self, shard: usize) -> impl Future<Output = runner_storage::Result<()>> + Send + '_;
 }
 
 /// One task of a lock workload: draws shards and takes them until the
@@ -218,12 +219,12 @@ impl LockCalls for ShardLocks {
     const CALLS: [Call; 2] = [Call::Acquire, Call::Release];
     const NOTES: [&'static str; 2] = ["acquire.won", "acquire.conflict"];
 
-    async fn take(&mut self, shard: usize) -> crate::Result<bool> {
+    async fn take(&mut self, shard: usize) -> runner_storage::Result<bool> {
         let got = self.client.acquire(&self.address, std::slice::from_ref(&self.shard_ids[shard])).await?;
         Ok(!got.is_empty())
     }
 
-    async fn release(&mut self, shard: usize) -> crate::Result<()> {
+    async fn release(&mut self, shard: usize) -> runner_storage::Result<()> {
         self.client.release(&self.address, &self.shard_ids[shard]).await
     }
 }
@@ -252,7 +253,7 @@ pub async fn refresh(plan: &RunPlan) -> anyhow::Result<(Call, Recorder)> {
                 if got.len() == shard_ids.len() {
                     Ok(())
                 } else {
-                    Err(crate::Error::FailedPrecondition(format!("{address} got {} of its shards", got.len())))
+                    Err(runner_storage::Error::FailedPrecondition(format!("{address} got {} of its shards", got.len())))
                 }
             }
         })
@@ -331,7 +332,7 @@ mod tests {
         let (address, runner) = bench_runner("acquire", 7);
         assert_eq!(address, "bench-acquire-7:1");
         let parsed = RunnerAddress::parse(&address).expect("valid address");
-        crate::model::encoding::validate_runner_json(&parsed, &runner).expect("valid runner JSON");
+        runner_storage::model::encoding::validate_runner_json(&parsed, &runner).expect("valid runner JSON");
     }
 
     #[test]

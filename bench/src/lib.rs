@@ -1,5 +1,11 @@
-//! `runner-storage bench`: drives a running cluster through the Rust
-//! [`Client`] and reports ops/s and latency percentiles per call.
+//! `runner-storage-bench`: drives a running runner-storage cluster through
+//! the library's Rust [`Client`] and reports ops/s and latency percentiles
+//! per call; drives an etcd cluster the same way, for the comparison.
+//!
+//! A crate of its own so that the node carries none of it: it depends on
+//! `runner_storage`'s public client API only (the client, the wire types,
+//! the error type, the model's string forms), and the etcd proto and the
+//! histograms are compiled here, never into the node.
 //!
 //! # Layout
 //! - this file: the flags, the plan (workload × concurrency × run), the task
@@ -12,7 +18,8 @@
 //! - [`kill_rounds`]: the rounds of `failover` and `etcd-failover`;
 //! - [`etcd`]: the same measurements against an etcd cluster, and
 //!   [`compare`]: both side by side, alternating, with the ratios;
-//! - [`report`]: per-task recorders, medians, the table and the JSON.
+//! - [`report`]: per-task recorders, medians, the table and the JSON;
+//! - [`pb`]: the few etcd v3 calls, generated from `bench/proto/etcd.proto`.
 //!
 //! Every run is bounded: warm-up + duration, then at most [`DRAIN_MAX`] for
 //! calls in flight before the remaining tasks are aborted; setup and
@@ -25,6 +32,7 @@ pub mod etcd;
 pub mod etcd_failover;
 pub mod failover;
 pub mod kill_rounds;
+pub mod pb;
 pub mod report;
 pub mod scale;
 pub mod workloads;
@@ -34,10 +42,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::{Parser, Subcommand};
 use tokio::task::JoinSet;
 
-use crate::client::Client;
+use runner_storage::client::Client;
+
 use report::{Recorder, RunReport, Summary, Window};
 
 /// Tasks sharing one [`Client`] (one HTTP/2 connection per node): enough
@@ -62,8 +71,10 @@ pub const DURATION_MAX: Duration = Duration::from_secs(3600);
 // Calls in flight at the end must be able to finish before the drain ends.
 const _: () = assert!(DRAIN_MAX.as_secs() > CALL_DEADLINE.as_secs());
 
-/// Where the cluster is, what to run, and for how long.
-#[derive(Debug, Args)]
+/// Where the cluster is, what to run, and for how long: the command line
+/// of `runner-storage-bench`.
+#[derive(Debug, Parser)]
+#[command(name = "runner-storage-bench", version, about = "Benchmarks a runner-storage cluster, and etcd beside it.")]
 pub struct BenchArgs {
     /// Comma-separated `host:port` endpoints of the cluster's nodes.
     #[arg(
@@ -101,7 +112,7 @@ pub struct BenchArgs {
     pub json: bool,
     /// Threads of the bench's own runtime. The default, one, leaves the
     /// most CPU to nodes on the same machine and sends the requests that
-    /// are ready together (see `cli::runtime`); more helps only a
+    /// are ready together (see `runner_storage::cli::runtime`); more helps only a
     /// client-bound workload such as `effect-mix`'s getRunners of 1,000 runners.
     #[arg(long, global = true, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
     pub client_threads: usize,
@@ -288,7 +299,7 @@ pub async fn collect(mut tasks: JoinSet<Recorder>, deadline: tokio::time::Instan
 /// When the step as a whole times out.
 pub async fn run_steps<Fut>(what: &str, parallel: usize, steps: Vec<Fut>) -> anyhow::Result<u64>
 where
-    Fut: Future<Output = crate::Result<()>> + Send + 'static,
+    Fut: Future<Output = runner_storage::Result<()>> + Send + 'static,
 {
     let semaphore = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut tasks = JoinSet::new();
@@ -431,7 +442,7 @@ const LEADER_WAIT_MAX: Duration = Duration::from_secs(30);
 ///
 /// # Errors
 /// When no endpoint is leader within `LEADER_WAIT_MAX`.
-pub async fn wait_for_leader(endpoints: &[String]) -> anyhow::Result<crate::pb::v1::StatusResponse> {
+pub async fn wait_for_leader(endpoints: &[String]) -> anyhow::Result<runner_storage::pb::v1::StatusResponse> {
     let client = Client::new(endpoints.to_vec())?;
     let deadline = tokio::time::Instant::now() + LEADER_WAIT_MAX;
     loop {
@@ -467,10 +478,8 @@ mod tests {
 
     #[test]
     fn flags_parse_before_and_after_the_workload() {
-        use clap::Parser;
-        let cli = crate::cli::Cli::try_parse_from([
-            "runner-storage",
-            "bench",
+        let args = BenchArgs::try_parse_from([
+            "runner-storage-bench",
             "--endpoints",
             "127.0.0.1:7001",
             "acquire",
@@ -482,7 +491,6 @@ mod tests {
             "0.25",
         ])
         .expect("valid command line");
-        let crate::cli::Command::Bench(args) = cli.command else { panic!("not bench") };
         assert_eq!(args.concurrency, vec![1, 16]);
         assert_eq!(args.duration, Duration::from_secs(5));
         assert!(matches!(args.workload, Workload::Acquire(a) if a.release_probability == 0.25));

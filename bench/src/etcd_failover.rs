@@ -19,9 +19,9 @@ use clap::Args;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use super::etcd::{channels_to, member_view, MemberView, KEY_PREFIX, PUT_VALUE, STATUS_TIMEOUT};
-use super::failover::{run_script, sigkill_by_pid_file, CATCH_UP_WAIT_MAX, HEALTHY_WAIT_MAX};
-use super::kill_rounds::{self, FailoverTarget, RoundArgs, RoundWriter};
+use crate::etcd::{channels_to, member_view, MemberView, KEY_PREFIX, PUT_VALUE, STATUS_TIMEOUT};
+use crate::failover::{run_script, sigkill_by_pid_file, CATCH_UP_WAIT_MAX, HEALTHY_WAIT_MAX};
+use crate::kill_rounds::{self, FailoverTarget, RoundArgs, RoundWriter};
 use crate::pb::etcd::kv_client::KvClient;
 use crate::pb::etcd::{DeleteRangeRequest, PutRequest};
 
@@ -41,7 +41,7 @@ pub struct EtcdFailoverArgs {
     /// etcd itself fails a put stranded by its leader's death only after its
     /// request timeout (5 s + 2 election timeouts: 7 s by default), so a
     /// client that waits for that sees ~7 s whatever the election took.
-    #[arg(long, default_value = "1s", value_parser = super::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = crate::parse_duration)]
     pub put_timeout: Duration,
 }
 

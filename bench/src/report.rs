@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::error::Error;
+use runner_storage::Error;
 
 /// Longest latency a histogram holds (60 s): longer than any call deadline,
 /// so no measured call is clamped.
@@ -126,7 +126,7 @@ pub fn error_kind(error: &Error) -> &'static str {
 ///
 /// A histogram (~140 KB at these bounds) is made on a call's first success:
 /// a task makes two or three kinds of call, and a run has up to
-/// [`super::CONCURRENCY_MAX`] tasks.
+/// [`crate::CONCURRENCY_MAX`] tasks.
 pub struct Recorder {
     histograms: Vec<Option<Histogram<u64>>>,
     errors: BTreeMap<(Call, &'static str), u64>,
@@ -154,7 +154,7 @@ impl Recorder {
     ///
     /// A success counts when the call started in the measured part and ended
     /// by its end; an error counts when it started in the measured part.
-    pub fn record<T>(&mut self, call: Call, window: &Window, start: Instant, result: &crate::Result<T>) {
+    pub fn record<T>(&mut self, call: Call, window: &Window, start: Instant, result: &runner_storage::Result<T>) {
         if start < window.measure_from {
             return;
         }

@@ -1,6 +1,6 @@
 //! The rounds of a failover bench, for any cluster that can name its
 //! leader, kill it and restart it ([`FailoverTarget`]): runner-storage's
-//! (`bench failover`) and etcd's (`bench etcd-failover`).
+//! (`failover`) and etcd's (`etcd-failover`).
 //!
 //! A round: wait until every member answers and agrees on one leader; pause
 //! (`--settle`); read the leader again; SIGKILL it; note when a survivor
@@ -24,7 +24,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::report::median;
+use crate::report::median;
 
 /// Most rounds of one failover bench.
 const ROUNDS_MAX: usize = 1000;
@@ -52,7 +52,7 @@ pub struct RoundArgs {
     #[arg(long, default_value_t = 4)]
     pub writers: usize,
     /// Pause before each round, once the cluster is whole.
-    #[arg(long, default_value = "1s", value_parser = super::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = crate::parse_duration)]
     pub settle: Duration,
 }
 
@@ -265,7 +265,7 @@ async fn one_round<T: FailoverTarget>(
         first_ack_ms,
         caught_up_ms,
         terms: [term_before, term_elected, term_rejoined],
-        load_average_1m: super::report::load_average_1m(),
+        load_average_1m: crate::report::load_average_1m(),
     })
 }
 

@@ -19,18 +19,19 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use tokio::time::Instant;
 
-use super::kill_rounds::{self, FailoverTarget, RoundArgs, RoundWriter, FIRST_ACK_WAIT_MAX, POLL_INTERVAL};
-use super::workloads::bench_runner;
-use crate::client::Client;
-use crate::interface::Encoded;
-use crate::pb::v1::StatusResponse;
+use runner_storage::client::Client;
+use runner_storage::pb::v1::StatusResponse;
+use runner_storage::Encoded;
+
+use crate::kill_rounds::{self, FailoverTarget, RoundArgs, RoundWriter, FIRST_ACK_WAIT_MAX, POLL_INTERVAL};
+use crate::workloads::bench_runner;
 
 /// Longest wait for the cluster to be whole (every node up, one leader) before a round.
-pub(super) const HEALTHY_WAIT_MAX: Duration = Duration::from_secs(60);
+pub(crate) const HEALTHY_WAIT_MAX: Duration = Duration::from_secs(60);
 /// Longest a `cluster.sh` command may run.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for a restarted node to catch up.
-pub(super) const CATCH_UP_WAIT_MAX: Duration = Duration::from_secs(60);
+pub(crate) const CATCH_UP_WAIT_MAX: Duration = Duration::from_secs(60);
 /// Pause between polls of `idle`.
 const IDLE_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Deadline of one writer call: long enough to span an election.
@@ -73,7 +74,7 @@ fn pid_dir(args: &FailoverArgs) -> PathBuf {
 }
 
 /// `explicit`, or `.cluster/pids` beside the directory of `cluster_script`.
-pub(super) fn pid_dir_of(cluster_script: &Path, explicit: Option<&Path>) -> PathBuf {
+pub(crate) fn pid_dir_of(cluster_script: &Path, explicit: Option<&Path>) -> PathBuf {
     explicit.map(Path::to_path_buf).unwrap_or_else(|| {
         let scripts = cluster_script.parent().unwrap_or(Path::new("."));
         scripts.join("..").join(".cluster").join("pids")
@@ -173,7 +174,7 @@ async fn statuses(client: &Client, endpoints: &[String]) -> Vec<(String, Option<
 }
 
 /// Waits until every endpoint answers and all agree on one leader; returns the leader's status.
-pub(super) async fn wait_whole(client: &Client, endpoints: &[String]) -> anyhow::Result<StatusResponse> {
+pub(crate) async fn wait_whole(client: &Client, endpoints: &[String]) -> anyhow::Result<StatusResponse> {
     let deadline = Instant::now() + HEALTHY_WAIT_MAX;
     loop {
         let all = statuses(client, endpoints).await;
@@ -191,7 +192,7 @@ pub(super) async fn wait_whole(client: &Client, endpoints: &[String]) -> anyhow:
 }
 
 /// Runs the cluster script with `args` within [`SCRIPT_TIMEOUT`]; its stdout.
-pub(super) async fn run_script(script: &Path, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) async fn run_script(script: &Path, args: &[&str]) -> anyhow::Result<String> {
     let output = tokio::time::timeout(
         SCRIPT_TIMEOUT,
         tokio::process::Command::new(script).args(args).kill_on_drop(true).output(),
@@ -213,12 +214,12 @@ fn node_address(status: &StatusResponse, node_id: u64) -> String {
 }
 
 /// SIGKILLs node `node_id` by the pid in `<pid_dir>/node<id>.pid`; returns the pid.
-pub(super) async fn sigkill(pid_dir: &Path, node_id: u64) -> anyhow::Result<u32> {
+pub(crate) async fn sigkill(pid_dir: &Path, node_id: u64) -> anyhow::Result<u32> {
     sigkill_by_pid_file(&pid_dir.join(format!("node{node_id}.pid"))).await
 }
 
 /// SIGKILLs the process whose pid is in `pid_file`; returns the pid.
-pub(super) async fn sigkill_by_pid_file(pid_file: &Path) -> anyhow::Result<u32> {
+pub(crate) async fn sigkill_by_pid_file(pid_file: &Path) -> anyhow::Result<u32> {
     let text = std::fs::read_to_string(pid_file).with_context(|| format!("reading {pid_file:?}"))?;
     let pid: u32 = text.trim().parse().with_context(|| format!("{pid_file:?} holds no pid"))?;
     let status = tokio::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().await?;
@@ -228,7 +229,7 @@ pub(super) async fn sigkill_by_pid_file(pid_file: &Path) -> anyhow::Result<u32> 
 
 /// Waits until process `pid` is gone (reaped, or a zombie with no thread
 /// left, so its port and files are released), at most `wait_max`.
-pub(super) async fn wait_gone(pid: u32, wait_max: Duration) -> anyhow::Result<()> {
+pub(crate) async fn wait_gone(pid: u32, wait_max: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + wait_max;
     loop {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -272,7 +273,7 @@ async fn kill_leader(client: &Client, args: &FailoverArgs, leader: &StatusRespon
 /// Restarts the killed node `killed` (`cluster` names its address); waits
 /// until it applied what the leader had committed at the restart and knows
 /// the leader. Returns the wait (restart command included) and the term then.
-pub(super) async fn restart_and_catch_up(
+pub(crate) async fn restart_and_catch_up(
     client: &Client,
     survivors: &[String],
     cluster_script: &Path,
@@ -307,7 +308,7 @@ pub(super) async fn restart_and_catch_up(
 /// # Errors
 /// When the cluster has no leader at the start.
 pub async fn idle(endpoints: &[String], duration: Duration, json: bool) -> anyhow::Result<()> {
-    let first = super::wait_for_leader(endpoints).await?;
+    let first = crate::wait_for_leader(endpoints).await?;
     let client = Client::new(endpoints.to_vec())?;
     let (mut leader, mut term) = (first.node_id, first.term);
     let (start_term, mut changes, mut polls, mut leaderless_polls) = (first.term, Vec::new(), 0u64, 0u64);
