@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run a 3-member etcd cluster on loopback, for `runner-storage bench`'s etcd
-# workloads and `bench compare-etcd` (see BENCHMARKS.md). Debian's
+# Run a 3-member etcd cluster on loopback, for `runner-storage-bench`'s etcd
+# workloads and its `compare-etcd` (see BENCHMARKS.md). Debian's
 # etcd-server, default settings (fsync on), installed when missing.
 #
 #   scripts/etcd-cluster.sh up       install etcd if needed, start, wait until healthy
