@@ -10,7 +10,7 @@ import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { dirname, join, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
-import { loadProto, type StatusResponse } from "../../src/proto.js"
+import { loadProto, type StatusResponse } from "./reference.js"
 
 // <pkg>/dist/test/support -> <pkg>
 export const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..", "..")
@@ -171,10 +171,16 @@ export interface Cluster {
 export interface ClusterOptions {
   readonly size?: number
   readonly initialLockExpirationMs?: number
+  /** The node binary; default `binaryPath()`. */
+  readonly binary?: string
+  /** Extra top-level config lines for every node (before its tables). */
+  readonly extraConfig?: ReadonlyArray<string>
+  /** Extra `[raft]` lines for every node. */
+  readonly raftConfig?: ReadonlyArray<string>
 }
 
 export const startCluster = async (options: ClusterOptions = {}): Promise<Cluster> => {
-  const bin = binaryPath()
+  const bin = options.binary ?? binaryPath()
   if (!existsSync(bin)) {
     throw new Error(`runner-storage binary not found at ${bin} (build it, or set RUNNER_STORAGE_BIN)`)
   }
@@ -204,9 +210,11 @@ export const startCluster = async (options: ClusterOptions = {}): Promise<Cluste
     if (options.initialLockExpirationMs !== undefined) {
       lines.push(`initial_lock_expiration_ms = ${options.initialLockExpirationMs}`)
     }
+    lines.push(...(options.extraConfig ?? []))
     for (const peer of nodes) {
       lines.push("", "[[peers]]", `id = ${peer.id}`, `address = "${peer.address}"`)
     }
+    if (options.raftConfig !== undefined) lines.push("", "[raft]", ...options.raftConfig)
     writeFileSync(node.configPath, lines.join("\n") + "\n")
   }
 

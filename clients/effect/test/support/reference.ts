@@ -1,7 +1,8 @@
 /**
- * Loading of `runner_storage.proto` (package `runner_storage.v1`) and the
- * TypeScript shapes of its messages, as `@grpc/proto-loader` presents them with
- * `keepCase: true, longs: Number, defaults: true`.
+ * A reference client for the tests, independent of the code under test:
+ * grpc-js with the repository's `proto/runner_storage.proto` loaded by
+ * `@grpc/proto-loader` (reflection, `keepCase: true, longs: Number,
+ * defaults: true`). The package itself uses neither (see `src/codec.ts`).
  */
 import * as grpc from "@grpc/grpc-js"
 import * as protoLoader from "@grpc/proto-loader"
@@ -91,31 +92,19 @@ export interface LoadedProto {
 
 const PROTO_FILE = "runner_storage.proto"
 
-/**
- * Where the proto is looked for, in order: an explicit path, the package's own
- * `proto/` (copied there at build/pack time), and the repository's `proto/`
- * two levels above the package (`clients/effect` inside the repo).
- */
-export const protoCandidates = (explicit?: string): ReadonlyArray<string> => {
-  const here = dirname(fileURLToPath(import.meta.url)) // <pkg>/dist/src
-  const pkgRoot = resolve(here, "..", "..")
-  const candidates: Array<string> = []
-  if (explicit !== undefined) candidates.push(resolve(explicit))
-  const fromEnv = process.env["RUNNER_STORAGE_PROTO"]
-  if (fromEnv !== undefined && fromEnv !== "") candidates.push(resolve(fromEnv))
-  candidates.push(join(pkgRoot, "proto", PROTO_FILE))
-  candidates.push(resolve(pkgRoot, "..", "..", "proto", PROTO_FILE))
-  return candidates
+/** The repository's proto dir: <repo>/proto, two levels above the package. */
+export const protoDir = (): string => {
+  const here = dirname(fileURLToPath(import.meta.url)) // <pkg>/dist/test/support
+  return resolve(here, "..", "..", "..", "..", "..", "proto")
 }
+
+export const protoPath = (): string => join(protoDir(), PROTO_FILE)
 
 const cache = new Map<string, LoadedProto>()
 
-export const loadProto = (explicit?: string): LoadedProto => {
-  const candidates = protoCandidates(explicit)
-  const path = explicit !== undefined ? candidates[0] : candidates.find((p) => existsSync(p))
-  if (path === undefined || !existsSync(path)) {
-    throw new Error(`runner-storage: cannot find ${PROTO_FILE}; looked at ${candidates.join(", ")}`)
-  }
+export const loadProto = (): LoadedProto => {
+  const path = protoPath()
+  if (!existsSync(path)) throw new Error(`reference client: cannot find ${path}`)
   const cached = cache.get(path)
   if (cached !== undefined) return cached
   const definition = protoLoader.loadSync(path, {
