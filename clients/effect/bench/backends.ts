@@ -16,10 +16,16 @@ import * as ShardingConfig from "effect/cluster/ShardingConfig"
 import * as SqlRunnerStorage from "effect/cluster/SqlRunnerStorage"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import { RunnerStorageGrpc } from "../src/index.js"
+import * as Legacy from "./legacy/GrpcRunnerStorage.js"
 import type { Postgres } from "./postgres.js"
 import type { MakeStorage } from "./workloads.js"
 
-export type BackendName = "runner-storage" | "pg-table" | "pg-advisory" | "runner-storage-makeEncoded"
+export type BackendName =
+  | "runner-storage"
+  | "pg-table"
+  | "pg-advisory"
+  | "runner-storage-makeEncoded"
+  | "runner-storage-legacy"
 export const backendNames: ReadonlyArray<BackendName> = ["runner-storage", "pg-table", "pg-advisory"]
 
 /** Connections of each storage instance's PgClient pool (one is reserved for the locks). */
@@ -52,6 +58,9 @@ export const makeBackend = (
         RunnerStorageGrpc.makeEncoded({ endpoints: options.endpoints }),
         RunnerStorage.makeEncoded
       )
+    case "runner-storage-legacy":
+      // the client before this package's rewrite (bench/legacy): grpc-js, proto-loader, makeEncoded
+      return build(Legacy.layer({ endpoints: options.endpoints }))
     case "pg-table":
     case "pg-advisory":
       return build(

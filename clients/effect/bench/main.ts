@@ -66,7 +66,7 @@ const runLine = async (
   const recorder = makeRecorder()
   const late = { count: 0 }
   const storePids = () =>
-    backend === "runner-storage"
+    backend.startsWith("runner-storage")
       ? cluster.nodes.map((n) => n.process?.pid ?? 0)
       : [postgres.pid, ...childPids(postgres.pid)]
   let cpu = { node: 0, store: 0 }

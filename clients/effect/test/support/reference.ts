@@ -62,7 +62,7 @@ export type StorageMethod =
   | "ReleaseAll"
 
 /** The RPC names of `runner_storage.v1.Admin`. */
-export type AdminMethod = "Status" | "SetLockExpiration"
+export type AdminMethod = "Status" | "SetLockExpiration" | "EnsureLockExpiration" | "ListNamespaces"
 
 export type UnaryCallback<Res> = (error: grpc.ServiceError | null, response?: Res) => void
 
@@ -94,8 +94,9 @@ const PROTO_FILE = "runner_storage.proto"
 
 /** The repository's proto dir: <repo>/proto, two levels above the package. */
 export const protoDir = (): string => {
-  const here = dirname(fileURLToPath(import.meta.url)) // <pkg>/dist/test/support
-  return resolve(here, "..", "..", "..", "..", "..", "proto")
+  let dir = dirname(fileURLToPath(import.meta.url))
+  while (!existsSync(join(dir, "package.json"))) dir = dirname(dir)
+  return resolve(dir, "..", "..", "proto")
 }
 
 export const protoPath = (): string => join(protoDir(), PROTO_FILE)
@@ -122,4 +123,29 @@ export const loadProto = (): LoadedProto => {
   const loaded: LoadedProto = { RunnerStorage: v1.RunnerStorage, Admin: v1.Admin, path }
   cache.set(path, loaded)
   return loaded
+}
+
+/** One unary call through the reference client (a channel of its own, closed after). */
+export const referenceCall = <Res = any>(
+  address: string,
+  service: "RunnerStorage" | "Admin",
+  method: StorageMethod | AdminMethod,
+  request: object,
+  options: { readonly credentials?: grpc.ChannelCredentials; readonly metadata?: grpc.Metadata; readonly timeoutMs?: number } = {}
+): Promise<Res> => {
+  const proto = loadProto()
+  const Client = (service === "Admin" ? proto.Admin : proto.RunnerStorage) as unknown as ClientConstructor<string>
+  const client = new Client(address, options.credentials ?? grpc.credentials.createInsecure())
+  return new Promise<Res>((resolveCall, reject) =>
+    client[method]!(
+      request,
+      options.metadata ?? new grpc.Metadata(),
+      { deadline: new Date(Date.now() + (options.timeoutMs ?? 5000)) },
+      (error, response) => {
+        client.close()
+        if (error) reject(error)
+        else resolveCall(response as Res)
+      }
+    )
+  )
 }
