@@ -198,7 +198,7 @@ const noNamespaces = (namespace: string, error: RunnerStorageCallError) =>
   new RunnerStorageCallError({
     ...error,
     details: `this store does not support namespaces (it has no Admin.${error.call}), so namespace ` +
-      `${JSON.stringify(namespace)} cannot be used with it: upgrade the store; ${error.details}`
+      `${JSON.stringify(namespace)} cannot be used with it: upgrade the store` + (error.details === "" ? "" : `; ${error.details}`)
   })
 
 /**

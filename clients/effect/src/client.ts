@@ -282,7 +282,8 @@ export class Client {
         schedule: this.options.retrySchedule,
         while: (error) => error.retryable && Date.now() < state.deadlineAt
       }),
-      Effect.catch((error) => Effect.fail(error.retryable ? outOfTime() : error)),
+      // retrying stopped: out of time (a retryable error), or the schedule ended, or a final error
+      Effect.catch((error) => Effect.fail(error.retryable && Date.now() >= state.deadlineAt - 1 ? outOfTime() : error)),
       Effect.timeoutOrElse({
         duration: Duration.millis(Math.max(0, state.deadlineAt - Date.now())),
         orElse: () => Effect.fail(outOfTime())
