@@ -446,6 +446,10 @@ export interface StatusResponse {
   readonly snapshotBytes: number
   readonly residentMemoryBytes: number
   readonly diskBytes: number
+  /** The node's wall clock when it answered (ms since the epoch; 0 from an older node). */
+  readonly wallClockMs: number
+  /** Store time: the leader's store clock, else the applied state's time. */
+  readonly storeTimeMs: number
 }
 
 const decodeMember = (buffer: Buffer, start: number, end: number): Member => {
@@ -472,7 +476,9 @@ const STATUS_NUMBERS: Record<number, keyof StatusResponse> = {
   10: "snapshotIndex",
   11: "snapshotBytes",
   12: "residentMemoryBytes",
-  13: "diskBytes"
+  13: "diskBytes",
+  14: "wallClockMs",
+  15: "storeTimeMs"
 }
 
 export const decodeStatus = (buffer: Buffer, start: number, end: number): StatusResponse => {
@@ -490,7 +496,9 @@ export const decodeStatus = (buffer: Buffer, start: number, end: number): Status
     snapshotIndex: 0,
     snapshotBytes: 0,
     residentMemoryBytes: 0,
-    diskBytes: 0
+    diskBytes: 0,
+    wallClockMs: 0,
+    storeTimeMs: 0
   }
   const members: Array<Member> = []
   fields(reader, (number, wire) => {

@@ -146,7 +146,9 @@ describe("codec: answers encoded by protobufjs decode here", () => {
       snapshot_index: 5,
       snapshot_bytes: 6,
       resident_memory_bytes: 7,
-      disk_bytes: 8
+      disk_bytes: 8,
+      wall_clock_ms: 1_764_000_000_000,
+      store_time_ms: 1_764_000_000_001
     }, codec.decodeStatus)
     expect(status).toEqual({
       nodeId: 2,
@@ -161,7 +163,9 @@ describe("codec: answers encoded by protobufjs decode here", () => {
       snapshotIndex: 5,
       snapshotBytes: 6,
       residentMemoryBytes: 7,
-      diskBytes: 8
+      diskBytes: 8,
+      wallClockMs: 1_764_000_000_000,
+      storeTimeMs: 1_764_000_000_001
     })
     const info = {
       namespace: "staging",
