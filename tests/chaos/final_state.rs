@@ -20,7 +20,7 @@ use runner_storage::client::Client;
 use runner_storage::raft::data_dir::{DataDir, Durability};
 use runner_storage::raft::log_store::LogStore;
 use runner_storage::raft::sm_store::StateMachineStore;
-use runner_storage::state_machine::State;
+use runner_storage::state_machine::{State, DEFAULT_NAMESPACE};
 use tokio::time::Instant;
 
 use crate::history::{FinalLock, FinalRunner, FinalState, LabClock};
@@ -62,9 +62,10 @@ async fn state_at(data_dir: &Path, index: u64) -> Result<State, String> {
 }
 
 fn final_state_of(state: &State, clock: &LabClock, at_us: i64) -> FinalState {
-    let mut locks: Vec<FinalLock> = state
-        .locks()
-        .iter()
+    let namespace = state.namespace(DEFAULT_NAMESPACE);
+    let mut locks: Vec<FinalLock> = namespace
+        .into_iter()
+        .flat_map(|namespace| namespace.locks().iter())
         .map(|(shard_id, lock)| FinalLock {
             shard_id: shard_id.clone(),
             address: lock.address.clone(),
@@ -72,9 +73,9 @@ fn final_state_of(state: &State, clock: &LabClock, at_us: i64) -> FinalState {
         })
         .collect();
     locks.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
-    let mut runners: Vec<FinalRunner> = state
-        .runners()
-        .iter()
+    let mut runners: Vec<FinalRunner> = namespace
+        .into_iter()
+        .flat_map(|namespace| namespace.runners().iter())
         .map(|(address, record)| FinalRunner {
             address: address.clone(),
             runner: record.runner.clone(),
@@ -84,7 +85,7 @@ fn final_state_of(state: &State, clock: &LabClock, at_us: i64) -> FinalState {
         })
         .collect();
     runners.sort_by(|a, b| a.address.cmp(&b.address));
-    FinalState { at_us, lock_expiration_ms: state.lock_expiration_ms(), locks, runners }
+    FinalState { at_us, lock_expiration_ms: state.lock_expiration_ms(DEFAULT_NAMESPACE), locks, runners }
 }
 
 async fn wait_for_applied(client: &Client, addresses: &[(u64, String)], index: u64) -> Vec<String> {
