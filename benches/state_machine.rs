@@ -7,7 +7,7 @@
 //! - 1,000,000 `Register`s of 1,000 runners with request ids (the runner
 //!   JSON checked, the dedup table kept), and the edge's `Command::validate`
 //!   of the same commands alone;
-//! - `get_runners` at 100 (the size `runner-storage bench get-runners` reads)
+//! - `get_runners` at 100 (the size `runner-storage-bench get-runners` reads)
 //!   / 1,000 / 10,000 / 100,000 runners, to show it is linear;
 //! - a postcard snapshot of 10,000 runners and 30,000 locks, out and back.
 //!
