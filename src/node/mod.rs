@@ -108,75 +108,44 @@ impl Node {
         if let Some(bug) = planted_bug {
             tracing::warn!(?bug, "PLANTED BUG ACTIVE: this node is deliberately incorrect (checker tests only)");
         }
-        let durability =
-            if planted_bug == Some(PlantedBug::NoSync) { Durability::FlushOnly } else { Durability::Synced };
-        let data_dir = DataDir::open(&config.data_dir, crate::limits::SLED_CACHE_BYTES, durability)
-            .map_err(|e| Error::storage(format!("node {}: cannot open its data dir", config.node_id), e))?;
-        let damaged = |what: &str| {
-            format!(
-                "node {}: cannot open {what} in data dir {}. If it is damaged (a torn or corrupt write), this \
-                 node cannot serve from it: stop it, move the data dir aside (keep it for diagnosis), remove \
-                 node {} from the cluster (`ctl members remove`) and add a node with a new id and an empty data \
-                 dir (`ctl members add`)",
-                config.node_id,
-                config.data_dir.display(),
-                config.node_id
-            )
-        };
-        let mut log_store = LogStore::open(&data_dir).map_err(|e| Error::storage(damaged("the Raft log"), e))?;
-        let early = config.raft.early_replication.then(|| Arc::new(EarlyReplication::new(config.node_id)));
-        let early_stats = early.as_ref().map(|early| early.stats());
-        if let Some(early) = &early {
-            log_store = log_store.with_observer(early.clone());
-        }
-        let resigned = resign_leadership(&mut log_store, config.node_id)
-            .await
-            .map_err(|e| Error::storage("cannot resign the term led", e))?;
-        if let Some(term) = resigned {
-            tracing::info!(term, "this node led term {term} before it stopped; it starts as a follower");
-        }
-        let state_machine = StateMachineStore::open(&data_dir, crate::state_machine::State::default())
-            .map_err(|e| Error::storage(damaged("the snapshot"), e))?;
+        let stores = Stores::open(config, planted_bug).await?;
         let raft_config = Arc::new(raft_config(config)?);
-        let committed_index = log_store.committed_index();
-        let flush_stats = log_store.flush_stats();
+        let committed_index = stores.log.committed_index();
+        let flush_stats = stores.log.flush_stats();
+        let early_stats = stores.early.as_ref().map(|early| early.stats());
         let dialer = config.peer_dialer()?;
         let lease = Duration::from_millis(config.raft.election_timeout_max_ms);
         let election_timeout_min = Duration::from_millis(config.raft.election_timeout_min_ms);
         let (election_nudges, nudge_queue) = Nudges::new(lease, election_timeout_min);
         let unreachable_backoff =
             Duration::from_millis(config.raft.heartbeat_interval_ms).min(crate::limits::PEER_UNREACHABLE_BACKOFF_MAX);
-        let shortcut = early.map(|early| early as Arc<dyn crate::raft::transport::AppendShortcut>);
+        let shortcut = stores.early.map(|early| early as Arc<dyn crate::raft::transport::AppendShortcut>);
         let events: Arc<dyn RaftEvents> = Arc::new(election_nudges.clone());
         let network = Network::new(dialer.clone(), events, unreachable_backoff, shortcut);
-        let raft = Raft::new(config.node_id, raft_config, network, log_store, state_machine.clone())
+        let state_machine = stores.state_machine;
+        let raft = Raft::new(config.node_id, raft_config, network, stores.log, state_machine.clone())
             .await
             .map_err(|e| Error::storage("cannot start Raft", e))?;
         tokio::spawn(election::run(raft.clone(), nudge_queue));
-        let leader_anchors = state_machine.leader_anchors();
-        let peers = ChannelPool::new(dialer);
-        let metrics = crate::metrics::Metrics::new();
         let quorum_timeout = lease + election_timeout_min;
-        let proposer = Proposer::start(raft.clone(), quorum_timeout);
-        // Half of openraft's leader lease (followers refuse other candidates for
-        // election_timeout_max after our last acknowledged heartbeat).
-        let read_barrier = ReadBarrier::new(lease / 2);
         Ok(Arc::new(Node {
             id: config.node_id,
+            proposer: Proposer::start(raft.clone(), quorum_timeout),
             raft,
+            leader_anchors: state_machine.leader_anchors(),
             state_machine,
-            peers,
+            peers: ChannelPool::new(dialer),
             election_nudges,
-            read_barrier,
+            // Half of openraft's leader lease (followers refuse other candidates
+            // for election_timeout_max after our last acknowledged heartbeat).
+            read_barrier: ReadBarrier::new(lease / 2),
             quorum_timeout,
-            proposer,
-            metrics,
+            metrics: crate::metrics::Metrics::new(),
             committed_index,
             flush_stats,
             early_stats,
-            data_dir,
+            data_dir: stores.data_dir,
             store_clock: StoreClock::new(),
-            leader_anchors,
             planted_bug,
         }))
     }
@@ -310,6 +279,48 @@ impl Node {
             Ok(Err(error)) => tracing::error!(%error, "final flush of the data dir failed"),
             Err(error) => tracing::error!(%error, "final flush of the data dir did not run"),
         }
+    }
+}
+
+/// A node's stores, opened and ready for openraft: the data dir, the log
+/// (resigned from any term it led), the state machine, early replication.
+struct Stores {
+    data_dir: DataDir,
+    log: LogStore,
+    state_machine: StateMachineStore,
+    early: Option<Arc<EarlyReplication>>,
+}
+
+impl Stores {
+    async fn open(config: &NodeConfig, planted_bug: Option<PlantedBug>) -> Result<Stores, Error> {
+        let durability =
+            if planted_bug == Some(PlantedBug::NoSync) { Durability::FlushOnly } else { Durability::Synced };
+        let data_dir = DataDir::open(&config.data_dir, crate::limits::SLED_CACHE_BYTES, durability)
+            .map_err(|e| Error::storage(format!("node {}: cannot open its data dir", config.node_id), e))?;
+        let damaged = |what: &str| {
+            format!(
+                "node {}: cannot open {what} in data dir {}. If it is damaged (a torn or corrupt write), this \
+                 node cannot serve from it: stop it, move the data dir aside (keep it for diagnosis), remove \
+                 node {} from the cluster (`ctl members remove`) and add a node with a new id and an empty data \
+                 dir (`ctl members add`)",
+                config.node_id,
+                config.data_dir.display(),
+                config.node_id
+            )
+        };
+        let mut log = LogStore::open(&data_dir).map_err(|e| Error::storage(damaged("the Raft log"), e))?;
+        let early = config.raft.early_replication.then(|| Arc::new(EarlyReplication::new(config.node_id)));
+        if let Some(early) = &early {
+            log = log.with_observer(early.clone());
+        }
+        let resigned =
+            resign_leadership(&mut log, config.node_id).await.map_err(|e| Error::storage(damaged("the vote"), e))?;
+        if let Some(term) = resigned {
+            tracing::info!(term, "this node led term {term} before it stopped; it starts as a follower");
+        }
+        let state_machine = StateMachineStore::open(&data_dir, crate::state_machine::State::default())
+            .map_err(|e| Error::storage(damaged("the snapshot"), e))?;
+        Ok(Stores { data_dir, log, state_machine, early })
     }
 }
 

@@ -164,15 +164,7 @@ where
         let leader_address = match leader_address {
             Some(address) if !already_forwarded => address,
             None if may_wait && node.wait_for_leader(None, no_leader_hold_until).await => continue,
-            leader_hint => {
-                let message = match &leader_hint {
-                    None => format!("node {} is not the leader and knows no leader", node.id),
-                    Some(leader) => {
-                        format!("node {} is not the leader (forwarded once already; leader: {leader})", node.id)
-                    }
-                };
-                return Err(status::to_status(Error::Unavailable { message, leader_hint }));
-            }
+            leader_hint => return Err(not_leader_status(node, leader_hint)),
         };
         let channel = node.peers().channel(&leader_address).map_err(status::to_status)?;
         // What is left of the caller's deadline, after any wait for a leader.
@@ -192,28 +184,43 @@ where
                 continue;
             }
         };
-        // A leader that refused the connection never saw the call: it died,
-        // and an election is under way. Hold the call for the next leader
-        // instead of sending the caller away to retry blindly.
-        if may_wait
-            && forward::never_delivered(&status)
-            && node.wait_for_leader(Some(&leader_address), hold_until).await
-        {
-            continue;
-        }
-        // A connection that broke mid-call (often a stale one to a leader
-        // that just died) leaves the call's fate unknown. Place it again only
-        // when a second placement cannot apply it twice; the next attempt
-        // meets a refused connection if the leader is gone, and waits above.
-        if may_wait
-            && forward::no_answer(&status)
-            && message.may_place_again()
-            && node.wait_for_leader(None, hold_until).await
-        {
+        if may_wait && place_again_after(node, &status, &leader_address, message.may_place_again(), hold_until).await {
             continue;
         }
         return Err(forward_failure(status, &leader_address));
     }
+}
+
+/// `UNAVAILABLE` for a call this node cannot place: it knows no leader, or
+/// the call was forwarded to it already (it names the leader it knows).
+fn not_leader_status(node: &Node, leader_hint: Option<String>) -> Status {
+    let message = match &leader_hint {
+        None => format!("node {} is not the leader and knows no leader", node.id),
+        Some(leader) => format!("node {} is not the leader (forwarded once already; leader: {leader})", node.id),
+    };
+    status::to_status(Error::Unavailable { message, leader_hint })
+}
+
+/// Whether a call whose forward to `leader` failed with `status` is placed
+/// again, once a new leader is known (within `hold_until`).
+async fn place_again_after(
+    node: &Node,
+    status: &Status,
+    leader: &str,
+    may_place_twice: bool,
+    hold_until: tokio::time::Instant,
+) -> bool {
+    // A leader that refused the connection never saw the call: it died,
+    // and an election is under way. Hold the call for the next leader
+    // instead of sending the caller away to retry blindly.
+    if forward::never_delivered(status) {
+        return node.wait_for_leader(Some(leader), hold_until).await;
+    }
+    // A connection that broke mid-call (often a stale one to a leader that
+    // just died) leaves the call's fate unknown. Place it again only when a
+    // second placement cannot apply it twice; the next attempt meets a
+    // refused connection if the leader is gone, and waits above.
+    forward::no_answer(status) && may_place_twice && node.wait_for_leader(None, hold_until).await
 }
 
 /// Until when a call may wait for a leader: [`limits::LEADER_WAIT_MAX`],

@@ -13,21 +13,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use rand::Rng;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
-use crate::interface::Encoded;
 use crate::limits;
-use crate::pb::admin as admin_pb;
 use crate::pb::v1 as pb;
 use crate::pb::v1::runner_storage_client::RunnerStorageClient;
 use crate::transport::status::{from_status, LEADER_ADDRESS_KEY};
 use crate::transport::Dialer;
 
 pub use crate::limits::{ATTEMPT_TIMEOUT, BACKOFF_INITIAL, BACKOFF_MAX, CALL_DEADLINE_DEFAULT, HEDGE_AFTER};
+
+mod admin;
+mod encoded;
 
 /// A client of one cluster.
 pub struct Client {
@@ -40,7 +40,7 @@ pub struct Client {
     call_deadline: Duration,
     dialer: Dialer,
     /// The namespace every call acts in (`""`: the default one).
-    namespace: String,
+    pub(crate) namespace: String,
 }
 
 /// How a [`Client`] reaches the cluster.
@@ -110,7 +110,7 @@ impl Client {
     }
 
     /// A request id for one logical write; its retries reuse it.
-    fn request_id(&self) -> Option<pb::RequestId> {
+    pub(crate) fn request_id(&self) -> Option<pb::RequestId> {
         let sequence = self.next_sequence.fetch_add(1, Ordering::Relaxed);
         Some(pb::RequestId { client_id: self.client_id.clone(), sequence })
     }
@@ -165,7 +165,7 @@ impl Client {
         }
     }
 
-    fn channel(&self, endpoint: &str) -> Result<Channel> {
+    pub(crate) fn channel(&self, endpoint: &str) -> Result<Channel> {
         let mut channels = lock(&self.channels);
         if let Some(channel) = channels.get(endpoint) {
             return Ok(channel.clone());
@@ -297,7 +297,7 @@ impl Client {
     ///   take): `Unavailable`, so the call moves to another node;
     /// - this plaintext client could not parse what the node sent (a TLS
     ///   record read as an HTTP/2 frame): a TLS-versus-plaintext mismatch.
-    fn explain(&self, endpoint: &str, status: tonic::Status) -> Error {
+    pub(crate) fn explain(&self, endpoint: &str, status: tonic::Status) -> Error {
         if let Some(h2) = h2_error(&status) {
             let closed_by_node = h2.is_remote()
                 && (h2.is_go_away() || matches!(h2.reason(), Some(h2::Reason::NO_ERROR | h2::Reason::REFUSED_STREAM)));
@@ -316,138 +316,8 @@ impl Client {
         from_status(status)
     }
 
-    /// `Admin.Status` of the node at `endpoint` (no retries, no redirection).
-    ///
-    /// # Errors
-    /// When the node does not answer.
-    pub async fn status_of(&self, endpoint: &str) -> Result<pb::StatusResponse> {
-        let mut admin = pb::admin_client::AdminClient::new(self.channel(endpoint)?);
-        let request = self.request(pb::StatusRequest { namespace: self.namespace.clone() }, ATTEMPT_TIMEOUT);
-        admin.status(request).await.map(tonic::Response::into_inner).map_err(|status| self.explain(endpoint, status))
-    }
-
-    /// Sets the lock expiration of this client's namespace.
-    ///
-    /// # Errors
-    /// As [`Client::call`].
-    pub async fn set_lock_expiration(&self, lock_expiration_ms: u64) -> Result<()> {
-        let message = pb::SetLockExpirationRequest { lock_expiration_ms, namespace: self.namespace.clone() };
-        self.request_call(message, ATTEMPT_TIMEOUT, |channel, request| async move {
-            pb::admin_client::AdminClient::new(channel).set_lock_expiration(request).await
-        })
-        .await
-        .map(|_| ())
-    }
-
-    /// Makes this client's namespace run with `lock_expiration_ms` unless it
-    /// was set before to another value (then only with `take_over`);
-    /// answers `(E in force, whether it had been set)`.
-    ///
-    /// # Errors
-    /// As [`Client::call`].
-    pub async fn ensure_lock_expiration(&self, lock_expiration_ms: u64, take_over: bool) -> Result<(u64, bool)> {
-        let message = pb::EnsureLockExpirationRequest {
-            lock_expiration_ms,
-            take_over,
-            namespace: self.namespace.clone(),
-            request_id: self.request_id(),
-        };
-        let answer = self
-            .request_call(message, ATTEMPT_TIMEOUT, |channel, request| async move {
-                pb::admin_client::AdminClient::new(channel).ensure_lock_expiration(request).await
-            })
-            .await?;
-        Ok((answer.lock_expiration_ms, answer.previously_set))
-    }
-
-    /// Every namespace with its `E` and counts, on the leader after a read barrier.
-    ///
-    /// # Errors
-    /// As [`Client::call`].
-    pub async fn list_namespaces(&self) -> Result<Vec<pb::NamespaceInfo>> {
-        let answer = self
-            .request_call(pb::ListNamespacesRequest {}, ATTEMPT_TIMEOUT, |channel, request| async move {
-                pb::admin_client::AdminClient::new(channel).list_namespaces(request).await
-            })
-            .await?;
-        Ok(answer.namespaces)
-    }
-
-    /// Adds a node as a learner and waits until it caught up (which may
-    /// take a snapshot transfer: the attempt may last the whole deadline).
-    ///
-    /// # Errors
-    /// As [`Client::call`].
-    pub async fn add_learner(&self, node_id: u64, address: &str) -> Result<admin_pb::MembershipResponse> {
-        let message = admin_pb::AddLearnerRequest { node_id, address: address.to_owned() };
-        self.request_call(message, self.call_deadline, |channel, request| async move {
-            admin_pb::cluster_client::ClusterClient::new(channel).add_learner(request).await
-        })
-        .await
-    }
-
-    /// Makes `voter_ids` exactly the voters.
-    ///
-    /// # Errors
-    /// As [`Client::call`].
-    pub async fn change_membership(
-        &self,
-        voter_ids: Vec<u64>,
-        remove_learners: bool,
-    ) -> Result<admin_pb::MembershipResponse> {
-        let message = admin_pb::ChangeMembershipRequest { voter_ids, remove_learners };
-        self.request_call(message, self.call_deadline, |channel, request| async move {
-            admin_pb::cluster_client::ClusterClient::new(channel).change_membership(request).await
-        })
-        .await
-    }
-
-    /// Every runner record, on the leader after a read barrier.
-    ///
-    /// # Errors
-    /// As [`Client::call`].
-    pub async fn list_runners(&self) -> Result<admin_pb::ListRunnersResponse> {
-        let message = admin_pb::ListRunnersRequest { namespace: self.namespace.clone() };
-        self.request_call(message, ATTEMPT_TIMEOUT, |channel, request| async move {
-            admin_pb::inspect_client::InspectClient::new(channel)
-                .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
-                .list_runners(request)
-                .await
-        })
-        .await
-    }
-
-    /// Lock records, filtered by group and holder when those are not empty.
-    ///
-    /// # Errors
-    /// As [`Client::call`].
-    pub async fn list_locks(&self, group: &str, address: &str) -> Result<admin_pb::ListLocksResponse> {
-        let message = admin_pb::ListLocksRequest {
-            group: group.to_owned(),
-            address: address.to_owned(),
-            namespace: self.namespace.clone(),
-        };
-        self.request_call(message, ATTEMPT_TIMEOUT, |channel, request| async move {
-            admin_pb::inspect_client::InspectClient::new(channel)
-                .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
-                .list_locks(request)
-                .await
-        })
-        .await
-    }
-
-    /// Asks the node at `endpoint` to build a snapshot now.
-    ///
-    /// # Errors
-    /// When the node does not answer.
-    pub async fn trigger_snapshot(&self, endpoint: &str) -> Result<()> {
-        let mut cluster = admin_pb::cluster_client::ClusterClient::new(self.channel(endpoint)?);
-        let request = self.request(admin_pb::TriggerSnapshotRequest {}, ATTEMPT_TIMEOUT);
-        cluster.trigger_snapshot(request).await.map(|_| ()).map_err(from_status)
-    }
-
     /// [`Client::call`] with `message` sent as a request with a timeout and the token.
-    async fn request_call<M, T, F, Fut>(&self, message: M, attempt_timeout: Duration, send: F) -> Result<T>
+    pub(crate) async fn request_call<M, T, F, Fut>(&self, message: M, attempt_timeout: Duration, send: F) -> Result<T>
     where
         M: Clone,
         F: Fn(Channel, tonic::Request<M>) -> Fut,
@@ -456,7 +326,7 @@ impl Client {
         self.call(attempt_timeout, |channel| send(channel, self.request(message.clone(), attempt_timeout))).await
     }
 
-    async fn runner_call<M, T, F, Fut>(&self, message: M, send: F) -> Result<T>
+    pub(crate) async fn runner_call<M, T, F, Fut>(&self, message: M, send: F) -> Result<T>
     where
         M: Clone,
         F: Fn(RunnerStorageClient<Channel>, tonic::Request<M>) -> Fut,
@@ -476,7 +346,7 @@ impl Client {
 
 impl Client {
     /// `message` as a request with a timeout and this client's token.
-    fn request<M>(&self, message: M, timeout: Duration) -> tonic::Request<M> {
+    pub(crate) fn request<M>(&self, message: M, timeout: Duration) -> tonic::Request<M> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(timeout);
         self.dialer.authorize(&mut request);
@@ -499,87 +369,6 @@ fn jittered(backoff: Duration) -> Duration {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-#[async_trait]
-impl Encoded for Client {
-    async fn get_runners(&self) -> Result<Vec<(String, bool)>> {
-        let response = self
-            .runner_call(pb::GetRunnersRequest { namespace: self.namespace.clone() }, |mut c, r| async move {
-                c.get_runners(r).await
-            })
-            .await?;
-        Ok(response.runners.into_iter().map(|entry| (entry.runner, entry.healthy)).collect())
-    }
-
-    async fn register(&self, address: &str, runner: &str, healthy: bool) -> Result<i64> {
-        let message = pb::RegisterRequest {
-            namespace: self.namespace.clone(),
-            address: address.into(),
-            runner: runner.into(),
-            healthy,
-            request_id: self.request_id(),
-        };
-        Ok(self.runner_call(message, |mut c, r| async move { c.register(r).await }).await?.machine_id)
-    }
-
-    async fn unregister(&self, address: &str) -> Result<()> {
-        let message = pb::UnregisterRequest {
-            namespace: self.namespace.clone(),
-            address: address.into(),
-            request_id: self.request_id(),
-        };
-        self.runner_call(message, |mut c, r| async move { c.unregister(r).await }).await.map(|_| ())
-    }
-
-    async fn set_runner_health(&self, address: &str, healthy: bool) -> Result<()> {
-        let message = pb::SetRunnerHealthRequest {
-            namespace: self.namespace.clone(),
-            address: address.into(),
-            healthy,
-            request_id: self.request_id(),
-        };
-        self.runner_call(message, |mut c, r| async move { c.set_runner_health(r).await }).await.map(|_| ())
-    }
-
-    async fn acquire(&self, address: &str, shard_ids: &[String]) -> Result<Vec<String>> {
-        let message = pb::AcquireRequest {
-            namespace: self.namespace.clone(),
-            address: address.into(),
-            shard_ids: shard_ids.to_vec(),
-            request_id: self.request_id(),
-        };
-        Ok(self.runner_call(message, |mut c, r| async move { c.acquire(r).await }).await?.shard_ids)
-    }
-
-    async fn refresh(&self, address: &str, shard_ids: &[String]) -> Result<Vec<String>> {
-        let message = pb::RefreshRequest {
-            namespace: self.namespace.clone(),
-            address: address.into(),
-            shard_ids: shard_ids.to_vec(),
-            request_id: self.request_id(),
-        };
-        Ok(self.runner_call(message, |mut c, r| async move { c.refresh(r).await }).await?.shard_ids)
-    }
-
-    async fn release(&self, address: &str, shard_id: &str) -> Result<()> {
-        let message = pb::ReleaseRequest {
-            namespace: self.namespace.clone(),
-            address: address.into(),
-            shard_id: shard_id.into(),
-            request_id: self.request_id(),
-        };
-        self.runner_call(message, |mut c, r| async move { c.release(r).await }).await.map(|_| ())
-    }
-
-    async fn release_all(&self, address: &str) -> Result<()> {
-        let message = pb::ReleaseAllRequest {
-            namespace: self.namespace.clone(),
-            address: address.into(),
-            request_id: self.request_id(),
-        };
-        self.runner_call(message, |mut c, r| async move { c.release_all(r).await }).await.map(|_| ())
-    }
 }
 
 /// The HTTP/2 error behind a failed call, if that is what failed it.
