@@ -179,40 +179,6 @@ impl EarlyReplication {
         self.links().retain(|_, link| link.vote == *vote);
     }
 
-    /// Keeps the link to `target` open under `vote`, opening it (and
-    /// closing one under another vote) when needed. Called by openraft's
-    /// replication to `target` before every append it sends.
-    pub fn keep_link(
-        &self,
-        target: NodeId,
-        vote: &Vote<NodeId>,
-        client: &RaftClient<Channel>,
-        dialer: &Dialer,
-        streams: &Arc<StreamSupport>,
-    ) {
-        let leads = self.leads_with(vote);
-        let mut links = self.links();
-        match links.get_mut(&target) {
-            Some(link) if link.vote == *vote && !link.offers.is_closed() => link.last_used = Instant::now(),
-            _ if !leads || !streams.may_open() => {
-                links.remove(&target);
-            }
-            _ => {
-                let (offers, queue) = mpsc::channel(limits::EARLY_APPENDS_IN_FLIGHT_MAX);
-                let progress = Arc::new(watch::Sender::new(Progress::default()));
-                let sender = LinkSender {
-                    target,
-                    client: client.clone(),
-                    dialer: dialer.clone(),
-                    streams: streams.clone(),
-                    progress: progress.clone(),
-                };
-                tokio::spawn(sender.run(queue));
-                links.insert(target, Link { vote: *vote, offers, progress, last_used: Instant::now() });
-            }
-        }
-    }
-
     /// How to answer openraft's append to `target` under `vote` of entries
     /// through `last_index`: from an early append's success, waiting up to
     /// `ttl` for one in flight, or by sending it as usual.
@@ -379,6 +345,9 @@ impl AppendObserver for EarlyReplication {
 
 /// The transport asks early replication before it sends an append.
 impl AppendShortcut for EarlyReplication {
+    /// Keeps the link to `target` open under `vote`, opening it (and
+    /// closing one under another vote) when needed. Called by openraft's
+    /// replication to `target` before every append it sends.
     fn keep_link(
         &self,
         target: NodeId,
@@ -387,7 +356,27 @@ impl AppendShortcut for EarlyReplication {
         dialer: &Dialer,
         streams: &Arc<StreamSupport>,
     ) {
-        EarlyReplication::keep_link(self, target, vote, client, dialer, streams);
+        let leads = self.leads_with(vote);
+        let mut links = self.links();
+        match links.get_mut(&target) {
+            Some(link) if link.vote == *vote && !link.offers.is_closed() => link.last_used = Instant::now(),
+            _ if !leads || !streams.may_open() => {
+                links.remove(&target);
+            }
+            _ => {
+                let (offers, queue) = mpsc::channel(limits::EARLY_APPENDS_IN_FLIGHT_MAX);
+                let progress = Arc::new(watch::Sender::new(Progress::default()));
+                let sender = LinkSender {
+                    target,
+                    client: client.clone(),
+                    dialer: dialer.clone(),
+                    streams: streams.clone(),
+                    progress: progress.clone(),
+                };
+                tokio::spawn(sender.run(queue));
+                links.insert(target, Link { vote: *vote, offers, progress, last_used: Instant::now() });
+            }
+        }
     }
 
     fn answer<'a>(
