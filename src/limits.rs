@@ -221,6 +221,14 @@ pub const LEADER_WAIT_MAX: std::time::Duration = std::time::Duration::from_milli
 /// other node takes over until it is gone.
 pub const SHUTDOWN_DRAIN_MAX: std::time::Duration = std::time::Duration::from_millis(1_000);
 
+/// Longest a leadership hand-over may take (`ctl transfer-leader`):
+/// catching up the target, a lease, an election.
+pub const HANDOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(2_000);
+
+/// Longest a leader that was told to stop (SIGTERM) spends handing
+/// leadership over before it drains and stops anyway.
+pub const SHUTDOWN_HANDOVER_MAX: std::time::Duration = std::time::Duration::from_millis(1_500);
+
 /// Longest a stopping node waits for Raft to stop and sled's final flush
 /// after the drain; then it exits anyway (acknowledged writes are on disk).
 pub const SHUTDOWN_RAFT_MAX: std::time::Duration = std::time::Duration::from_millis(2_000);

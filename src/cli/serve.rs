@@ -56,8 +56,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let stop_requested = |mut stop_rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     };
+    let stopping_node = node.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
+        hand_over_before_stopping(&stopping_node).await;
         let _ = stop_tx.send(true);
     });
     let serving = service::serve(node.clone(), listener, security, stop_requested(stop_rx.clone()));
@@ -91,6 +93,19 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A leader told to stop hands leadership to an up-to-date follower first
+/// (within [`limits::SHUTDOWN_HANDOVER_MAX`]), so its going costs the
+/// cluster no election timeout; the drain and stop follow either way.
+async fn hand_over_before_stopping(node: &Node) {
+    if !node.is_leader() {
+        return;
+    }
+    match node.transfer_leadership(None, limits::SHUTDOWN_HANDOVER_MAX).await {
+        Ok(leader) => tracing::info!(leader, "stopping: leadership handed over"),
+        Err(error) => tracing::warn!(?error, "stopping: leadership not handed over; the others will elect"),
+    }
 }
 
 /// Completes on SIGTERM or Ctrl-C.

@@ -95,6 +95,21 @@ impl Client {
         .await
     }
 
+    /// Hands leadership to `node_id` (any up-to-date voter when `None`);
+    /// answers `(leader id, term)` once another node leads.
+    ///
+    /// # Errors
+    /// As [`Client::call`]; `FailedPrecondition` when leadership did not move.
+    pub async fn transfer_leader(&self, node_id: Option<u64>) -> Result<(u64, u64)> {
+        let message = admin_pb::TransferLeaderRequest { node_id: node_id.unwrap_or(0) };
+        let answer = self
+            .request_call(message, self.call_deadline, |channel, request| async move {
+                admin_pb::cluster_client::ClusterClient::new(channel).transfer_leader(request).await
+            })
+            .await?;
+        Ok((answer.leader_id, answer.term))
+    }
+
     /// Every runner record, on the leader after a read barrier.
     ///
     /// # Errors

@@ -37,7 +37,7 @@ pub struct Client {
     channels: Mutex<HashMap<String, Channel>>,
     client_id: String,
     next_sequence: AtomicU64,
-    call_deadline: Duration,
+    pub(crate) call_deadline: Duration,
     dialer: Dialer,
     /// The namespace every call acts in (`""`: the default one).
     pub(crate) namespace: String,

@@ -127,6 +127,9 @@ impl Node {
     /// `Unavailable` when this node leads but heard from no quorum for
     /// longer than its quorum timeout (`raft::quorum`).
     fn refuse_without_quorum(&self) -> Result<(), Error> {
+        if let Some(target) = self.handover.in_progress() {
+            return Err(Error::unavailable(format!("leadership is being handed over to node {target}; retry")));
+        }
         match quorum::lost_for(&self.raft.metrics().borrow(), self.quorum_timeout) {
             Some(lost) => Err(Error::unavailable(quorum::refusal(lost))),
             None => Ok(()),

@@ -33,6 +33,7 @@ use crate::raft::transport::RaftEvents;
 use crate::raft::typ::ForwardToLeader;
 use crate::raft::workarounds::early_replication::{EarlyReplication, EarlyStats};
 use crate::raft::workarounds::election::{self, Nudges};
+use crate::raft::workarounds::handover::{self, Handover};
 use crate::raft::workarounds::restart::resign_leadership;
 use crate::raft::{NodeId, Raft};
 use crate::store_clock::StoreClock;
@@ -91,6 +92,10 @@ pub struct Node {
     /// The anchors leaders' blank entries leave, for `store_clock`.
     leader_anchors: tokio::sync::watch::Receiver<Option<LeaderAnchor>>,
     planted_bug: Option<PlantedBug>,
+    /// A leadership hand-over under way (calls are refused meanwhile).
+    handover: Handover,
+    /// openraft's leader lease (`election_timeout_max`).
+    lease: Duration,
 }
 
 fn not_leader(forward: ForwardToLeader) -> CallError {
@@ -147,7 +152,34 @@ impl Node {
             data_dir: stores.data_dir,
             store_clock: StoreClock::new(),
             planted_bug,
+            handover: Handover::default(),
+            lease,
         }))
+    }
+
+    /// Hands leadership to `target` (the most up-to-date voter when `None`)
+    /// and answers who leads then; calls are refused meanwhile (see
+    /// `raft::workarounds::handover`). At most `timeout`.
+    ///
+    /// # Errors
+    /// `NotLeader` on a follower; `FailedPrecondition` naming why
+    /// leadership did not move.
+    pub async fn transfer_leadership(&self, target: Option<NodeId>, timeout: Duration) -> Result<NodeId, CallError> {
+        if !self.is_leader() {
+            let leader = self.raft.metrics().borrow().current_leader;
+            let leader_address = leader.and_then(|id| {
+                self.raft.metrics().borrow().membership_config.membership().get_node(&id).map(|n| n.addr.clone())
+            });
+            return Err(CallError::NotLeader { leader_address });
+        }
+        let moved = handover::hand_over(&self.raft, &self.peers, &self.handover, target, self.lease, timeout).await;
+        match moved {
+            Ok(leader) => {
+                tracing::info!(leader, "leadership handed over");
+                Ok(leader)
+            }
+            Err(reason) => Err(Error::FailedPrecondition(format!("leadership did not move: {reason}")).into()),
+        }
     }
 
     /// Its Raft handle.

@@ -208,6 +208,22 @@ impl admin_pb::cluster_server::Cluster for ClusterService {
         answer_or_forward("change_membership", request, local, forward, &self.node).await
     }
 
+    async fn transfer_leader(
+        &self,
+        request: Request<admin_pb::TransferLeaderRequest>,
+    ) -> Result<Response<admin_pb::TransferLeaderResponse>, Status> {
+        let local = |m: &admin_pb::TransferLeaderRequest| {
+            let target = (m.node_id != 0).then_some(m.node_id);
+            async move {
+                let leader_id = self.node.transfer_leadership(target, crate::limits::HANDOVER_TIMEOUT).await?;
+                let term = self.node.raft().metrics().borrow().current_term;
+                Ok(admin_pb::TransferLeaderResponse { leader_id, term })
+            }
+        };
+        let forward = |c, r| async move { cluster_client(c).transfer_leader(r).await };
+        answer_or_forward("transfer_leader", request, local, forward, &self.node).await
+    }
+
     async fn trigger_snapshot(
         &self,
         _request: Request<admin_pb::TriggerSnapshotRequest>,

@@ -100,6 +100,7 @@ place_again!(|message: &Self| message.request_id.is_some() =>
 place_again!(|_: &Self| false =>
     crate::pb::admin::AddLearnerRequest,
     crate::pb::admin::ChangeMembershipRequest,
+    crate::pb::admin::TransferLeaderRequest,
 );
 
 #[cfg(test)]

@@ -65,6 +65,20 @@ impl raft_server::Raft for RaftService {
         encode(&answer)
     }
 
+    async fn timeout_now(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        // The follower's side of a hand-over (`raft::workarounds::handover`):
+        // campaign now, if the request comes from the leader this node follows.
+        let leader_vote: openraft::Vote<crate::raft::NodeId> = decode(request)?;
+        let vote = self.raft.metrics().borrow().vote;
+        let answer: Result<(), String> = if vote != leader_vote || !vote.is_committed() {
+            Err(format!("asked to campaign by {leader_vote}, but this node's vote is {vote}"))
+        } else {
+            tracing::info!(%leader_vote, "the leader hands over leadership: campaigning now");
+            self.raft.trigger().elect().await.map_err(|fatal| fatal.to_string())
+        };
+        encode(&answer)
+    }
+
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let answer = self.raft.install_snapshot(decode(request)?).await;
         // A leader busy streaming a snapshot here sends no appends meanwhile.

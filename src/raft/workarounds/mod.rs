@@ -12,6 +12,9 @@
 //!   and re-draw the delay after a split vote (0.9 draws the election
 //!   timeout once per process, issue #1838). Retired by openraft 0.10's
 //!   per-election timeouts and its faster elections.
+//! - [`handover`]: planned leadership hand-over (0.9 has no leader
+//!   transfer): stop heartbeats, let the leases run out, ask an up-to-date
+//!   voter to campaign. Retired by 0.10's `trigger().transfer_leader()`.
 //! - [`quorum`]: a leader that hears from no quorum refuses calls at once
 //!   (0.9 has no check-quorum or step-down). Retired by a leader that
 //!   steps down, without a term change, when its quorum is gone.
@@ -21,5 +24,6 @@
 
 pub mod early_replication;
 pub mod election;
+pub mod handover;
 pub mod quorum;
 pub mod restart;
