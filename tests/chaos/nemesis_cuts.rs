@@ -46,11 +46,13 @@ impl Nemesis {
         let still_running = self.gate.close(GATE_DRAIN_MAX).await;
         let witness = self.witness_writes().await;
         let tear: Option<u64> = self.rng.gen_bool(TEAR_PROBABILITY).then(|| self.rng.gen());
-        self.struck_us = Some(self.recorder.clock.now_us());
         let lost: Vec<String> =
             self.act(|lab| targets.iter().map(|id| format!("node {id}: {}", lab.power_cut(*id, tear))).collect());
         let off = self.hold(200, 1000);
         tokio::time::sleep(off).await;
+        // Recovery is timed from the power coming back: nothing answers the
+        // held workload before the state after the cut was observed.
+        self.struck_us = Some(self.recorder.clock.now_us());
         self.act(|lab| targets.iter().for_each(|id| lab.spawn(*id)));
         let observed = match self.wait_for_leader().await {
             Some(_) => self.observe(format!("after {kind} (fault {})", self.serial)).await,
