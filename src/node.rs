@@ -21,6 +21,7 @@ use crate::config::NodeConfig;
 use crate::error::Error;
 use crate::model::RequestId;
 use crate::proposer::{Proposer, Refused};
+use crate::raft::data_dir::{DataDir, Durability};
 use crate::raft::early_replication::EarlyReplication;
 use crate::raft::election::{self, Nudges};
 use crate::raft::log_store::LogStore;
@@ -76,7 +77,7 @@ pub struct Node {
     committed_index: Arc<AtomicU64>,
     flush_stats: Arc<crate::raft::log_store::FlushStats>,
     early_stats: Option<Arc<crate::raft::early_replication::EarlyStats>>,
-    db: sled::Db,
+    data_dir: DataDir,
     planted_bug: Option<PlantedBug>,
 }
 
@@ -91,6 +92,10 @@ pub enum PlantedBug {
     /// `stale-reads`: reads skip the read barrier and are answered from this
     /// node's own state, leader or not (what a naive store would do).
     StaleReads,
+    /// `no-sync`: sled's `flush()` alone before acknowledging, no
+    /// fdatasync/fsync (what this store did before it synced for real):
+    /// acknowledged writes survive a killed process, not a power cut.
+    NoSync,
 }
 
 impl PlantedBug {
@@ -98,7 +103,10 @@ impl PlantedBug {
         match std::env::var(PLANTED_BUG_ENV).ok().as_deref() {
             None | Some("") => Ok(None),
             Some("stale-reads") => Ok(Some(PlantedBug::StaleReads)),
-            Some(other) => anyhow::bail!("{PLANTED_BUG_ENV}={other:?} is not a known planted bug (stale-reads)"),
+            Some("no-sync") => Ok(Some(PlantedBug::NoSync)),
+            Some(other) => {
+                anyhow::bail!("{PLANTED_BUG_ENV}={other:?} is not a known planted bug (stale-reads, no-sync)")
+            }
         }
     }
 }
@@ -114,15 +122,26 @@ impl Node {
     /// When the data dir cannot be created or opened (in use by another
     /// process, not writable, corrupt), or openraft rejects the config.
     pub async fn open(config: &NodeConfig) -> anyhow::Result<Arc<Node>> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-        let db = sled::Config::new()
-            .path(&config.data_dir)
-            .mode(sled::Mode::HighThroughput)
-            .cache_capacity(crate::limits::SLED_CACHE_BYTES)
-            .open()
-            .with_context(|| format!("cannot open data_dir {} (in use by another node?)", config.data_dir.display()))?;
-        let mut log_store = LogStore::open(&db).context("cannot open the Raft log")?;
+        let planted_bug = PlantedBug::from_env()?;
+        if let Some(bug) = planted_bug {
+            tracing::warn!(?bug, "PLANTED BUG ACTIVE: this node is deliberately incorrect (checker tests only)");
+        }
+        let durability =
+            if planted_bug == Some(PlantedBug::NoSync) { Durability::FlushOnly } else { Durability::Synced };
+        let data_dir = DataDir::open(&config.data_dir, crate::limits::SLED_CACHE_BYTES, durability)
+            .with_context(|| format!("node {}: cannot open its data dir", config.node_id))?;
+        let damaged = |what: &str| {
+            format!(
+                "node {}: cannot open {what} in data dir {}. If it is damaged (a torn or corrupt write), this \
+                 node cannot serve from it: stop it, move the data dir aside (keep it for diagnosis), remove \
+                 node {} from the cluster (`ctl members remove`) and add a node with a new id and an empty data \
+                 dir (`ctl members add`)",
+                config.node_id,
+                config.data_dir.display(),
+                config.node_id
+            )
+        };
+        let mut log_store = LogStore::open(&data_dir).with_context(|| damaged("the Raft log"))?;
         let early = config.raft.early_replication.then(|| EarlyReplication::new(config.node_id));
         let early_stats = early.as_ref().map(EarlyReplication::stats);
         if let Some(early) = &early {
@@ -131,7 +150,8 @@ impl Node {
         if let Some(term) = log_store.resign_leadership(config.node_id).await.context("cannot resign the term led")? {
             tracing::info!(term, "this node led term {term} before it stopped; it starts as a follower (see LogStore::resign_leadership)");
         }
-        let state_machine = StateMachineStore::open(&db, State::default()).context("cannot open the state machine")?;
+        let state_machine =
+            StateMachineStore::open(&data_dir, State::default()).with_context(|| damaged("the snapshot"))?;
         let raft_config = Arc::new(raft_config(config)?);
         let committed_index = log_store.committed_index();
         let flush_stats = log_store.flush_stats();
@@ -145,10 +165,6 @@ impl Node {
             .await
             .context("cannot start Raft")?;
         tokio::spawn(election::run(raft.clone(), nudge_queue));
-        let planted_bug = PlantedBug::from_env()?;
-        if let Some(bug) = planted_bug {
-            tracing::warn!(?bug, "PLANTED BUG ACTIVE: this node is deliberately incorrect (checker tests only)");
-        }
         let forwarder = Forwarder::new(dialer);
         let metrics = crate::metrics::Metrics::new();
         let proposer = Proposer::start(raft.clone());
@@ -167,7 +183,7 @@ impl Node {
             committed_index,
             flush_stats,
             early_stats,
-            db,
+            data_dir,
             planted_bug,
         }))
     }
@@ -286,7 +302,7 @@ impl Node {
 
     /// Bytes the data dir takes, by sled's estimate.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.data_dir.db().size_on_disk().unwrap_or(0)
     }
 
     /// Raft's view of this node for metrics.
@@ -337,6 +353,30 @@ impl Node {
         matches!(known, Ok(Ok(_)))
     }
 
+    /// Completes when Raft stopped on its own (a storage error, a panic in
+    /// its core), with the reason; never while it runs or after a requested
+    /// shutdown. A node whose Raft stopped cannot serve anything: `serve`
+    /// exits on it, naming the data dir, rather than answer every call with
+    /// an error.
+    pub async fn raft_failed(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                if !matches!(fatal, openraft::error::Fatal::Stopped) {
+                    return format!(
+                        "node {}: Raft stopped: {fatal} (data dir {}; if it is damaged, see the way out logged \
+                         at the last start, or move it aside and add this node again with a new id)",
+                        self.id,
+                        self.data_dir.path().display()
+                    );
+                }
+            }
+            if metrics.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Whether this node currently leads.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
@@ -352,8 +392,11 @@ impl Node {
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "raft shutdown");
         }
-        if let Err(error) = self.db.flush_async().await {
-            tracing::error!(%error, "final flush of the data dir failed");
+        let data_dir = self.data_dir.clone();
+        match tokio::task::spawn_blocking(move || data_dir.flush_and_sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "final flush of the data dir failed"),
+            Err(error) => tracing::error!(%error, "final flush of the data dir did not run"),
         }
     }
 }

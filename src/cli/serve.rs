@@ -76,6 +76,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     };
     tokio::select! {
         served = serving => served.context("gRPC server failed")?,
+        reason = node.raft_failed() => {
+            tracing::error!(%reason, "stopping: Raft has stopped");
+            anyhow::bail!("{reason}");
+        }
         () = drain_bound => tracing::warn!(
             drain_max_ms = limits::SHUTDOWN_DRAIN_MAX.as_millis() as u64,
             "calls still in flight after the drain bound; stopping without them"

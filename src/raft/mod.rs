@@ -9,8 +9,11 @@
 //! - [`append_stream`]: replication over one gRPC stream per session.
 //! - [`early_replication`]: the leader sends entries while its flush runs.
 //! - [`sled_schema`]: every tree and key on disk.
+//! - [`data_dir`]: the data dir's layout, format version and the syncs
+//!   that make it durable; [`snapshot_file`]: the snapshot, as a file.
 
 pub mod append_stream;
+pub mod data_dir;
 pub mod early_replication;
 pub mod election;
 pub mod log_store;
@@ -19,6 +22,7 @@ pub mod recent_entries;
 pub mod server;
 pub mod sled_schema;
 pub mod sm_store;
+pub mod snapshot_file;
 
 use crate::state_machine::{Envelope, Reply};
 

@@ -5,11 +5,9 @@
 //!   sled's byte order is index order), value = postcard `Entry`.
 //! - tree [`META`]: single values, postcard-encoded: [`VOTE_KEY`],
 //!   [`COMMITTED_KEY`], [`LAST_PURGED_KEY`].
-//! - tree [`SNAPSHOTS`]: the latest snapshot under [`SNAPSHOT_KEY`], one
-//!   value so that it is replaced atomically: [`snapshot_record`] (the
-//!   postcard `SnapshotMeta`, then the snapshot bytes). Data dirs written
-//!   before `SNAPSHOT_KEY` existed hold it under [`SNAPSHOT_META_KEY`] and
-//!   [`SNAPSHOT_DATA_KEY`]; they are read, and replaced by the next snapshot.
+//!
+//! The snapshot is not in sled but in a file of its own (`snapshot_file`):
+//! sled would put a value of megabytes into a blob file it never syncs.
 //!
 //! Values are postcard; a value that does not decode is a corrupt data dir
 //! and surfaces as a storage error, never a panic.
@@ -20,8 +18,6 @@ use serde::{de::DeserializeOwned, Serialize};
 pub const LOGS: &str = "logs";
 /// Tree of single Raft values.
 pub const META: &str = "meta";
-/// Tree holding the latest snapshot.
-pub const SNAPSHOTS: &str = "snapshots";
 
 /// The vote this node last saved.
 pub const VOTE_KEY: &[u8] = b"vote";
@@ -29,36 +25,6 @@ pub const VOTE_KEY: &[u8] = b"vote";
 pub const COMMITTED_KEY: &[u8] = b"committed";
 /// The last log id purged from [`LOGS`].
 pub const LAST_PURGED_KEY: &[u8] = b"last_purged";
-/// The latest snapshot: metadata and bytes in one record.
-pub const SNAPSHOT_KEY: &[u8] = b"snapshot";
-/// Metadata of the latest snapshot (the former layout, read only).
-pub const SNAPSHOT_META_KEY: &[u8] = b"meta";
-/// Bytes of the latest snapshot (the former layout, read only).
-pub const SNAPSHOT_DATA_KEY: &[u8] = b"data";
-
-/// The [`SNAPSHOT_KEY`] record: the length of `meta` (4 bytes, little
-/// endian), `meta`, then `data`.
-pub fn snapshot_record(meta: &[u8], data: &[u8]) -> Vec<u8> {
-    let meta_len = u32::try_from(meta.len()).expect("snapshot metadata is far below 4 GiB");
-    let mut record = Vec::with_capacity(4 + meta.len() + data.len());
-    record.extend_from_slice(&meta_len.to_le_bytes());
-    record.extend_from_slice(meta);
-    record.extend_from_slice(data);
-    record
-}
-
-/// Splits a [`SNAPSHOT_KEY`] record into its metadata and data bytes.
-///
-/// # Errors
-/// When the record is shorter than its own length field says (a corrupt data dir).
-pub fn split_snapshot_record(record: &[u8]) -> Result<(&[u8], &[u8]), String> {
-    let (length, rest) = record.split_first_chunk::<4>().ok_or("snapshot record shorter than 4 bytes")?;
-    let meta_len = u32::from_le_bytes(*length) as usize;
-    if rest.len() < meta_len {
-        return Err(format!("snapshot record of {} bytes holds no {meta_len} bytes of metadata", record.len()));
-    }
-    Ok(rest.split_at(meta_len))
-}
 
 /// A log index as a sled key: big-endian, so byte order is index order.
 pub fn index_key(index: u64) -> [u8; 8] {
@@ -100,15 +66,6 @@ mod tests {
         keys.sort();
         let indexes: Vec<u64> = keys.iter().map(|key| index_from_key(key).unwrap()).collect();
         assert_eq!(indexes, vec![1, 2, 256, 300, u64::MAX]);
-    }
-
-    #[test]
-    fn a_snapshot_record_splits_into_what_went_in() {
-        let record = snapshot_record(b"meta", b"the data");
-        assert_eq!(split_snapshot_record(&record), Ok((&b"meta"[..], &b"the data"[..])));
-        assert_eq!(split_snapshot_record(&snapshot_record(b"", b"")), Ok((&b""[..], &b""[..])));
-        assert!(split_snapshot_record(&record[..6]).is_err(), "truncated metadata");
-        assert!(split_snapshot_record(&record[..3]).is_err(), "truncated length");
     }
 
     #[test]

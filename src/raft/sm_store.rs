@@ -1,5 +1,6 @@
 //! [`StateMachineStore`]: openraft's `RaftStateMachine`: applies committed
-//! entries to the pure [`State`] and keeps snapshots of it in sled.
+//! entries to the pure [`State`] and keeps the latest snapshot of it in a
+//! file ([`SnapshotFile`]), durable before openraft learns of it.
 //!
 //! The state lives in memory; what is on disk is the latest snapshot. After
 //! a restart the node loads that snapshot and openraft re-applies the
@@ -7,6 +8,7 @@
 //! `snapshot_logs_since_last` entries) bound both disk use and restart time.
 
 use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -16,7 +18,9 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::sled_schema::{self as schema, decode, encode};
+use super::data_dir::DataDir;
+use super::sled_schema::{decode, encode};
+use super::snapshot_file::SnapshotFile;
 use super::{Node, NodeId, TypeConfig};
 use crate::state_machine::{Reply, State};
 
@@ -37,38 +41,37 @@ pub struct AppliedState {
 #[derive(Clone)]
 pub struct StateMachineStore {
     applied: Arc<RwLock<AppliedState>>,
-    db: sled::Db,
-    snapshots: sled::Tree,
-    snapshots_built: Arc<std::sync::atomic::AtomicU64>,
-    snapshot_bytes: Arc<std::sync::atomic::AtomicU64>,
+    snapshot_file: SnapshotFile,
+    snapshots_built: Arc<AtomicU64>,
+    snapshot_bytes: Arc<AtomicU64>,
 }
 
 impl StateMachineStore {
-    /// Opens the snapshot tree of `db` and restores the latest snapshot, if any.
+    /// Opens the snapshot file of `data_dir` and restores the latest
+    /// snapshot, if any; `initial_state` otherwise.
     ///
     /// # Errors
-    /// When sled fails or the stored snapshot does not decode.
-    pub fn open(db: &sled::Db, initial_state: State) -> Result<Self, StorageError<NodeId>> {
-        let snapshots =
-            db.open_tree(schema::SNAPSHOTS).map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
-        let stored = load_snapshot(&snapshots)?;
-        let snapshot_bytes = stored.as_ref().map_or(0, |stored| stored.data().len() as u64);
+    /// When the snapshot cannot be read, is damaged or does not decode.
+    pub fn open(data_dir: &DataDir, initial_state: State) -> Result<Self, StorageError<NodeId>> {
+        let snapshot_file = SnapshotFile::open(&data_dir.snapshots_dir(), data_dir.durability())
+            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
+        let stored = snapshot_file.load().map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?;
+        let snapshot_bytes = stored.as_ref().map_or(0, |stored| stored.data.len() as u64);
         let applied = match stored {
-            Some(stored) => decode::<AppliedState>(stored.data()).map_err(|e| read_error(&e))?,
+            Some(stored) => decode::<AppliedState>(&stored.data).map_err(|e| read_error(&e))?,
             None => AppliedState { state: initial_state, ..AppliedState::default() },
         };
         Ok(StateMachineStore {
             applied: Arc::new(RwLock::new(applied)),
-            db: db.clone(),
-            snapshots,
-            snapshots_built: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-            snapshot_bytes: Arc::new(std::sync::atomic::AtomicU64::new(snapshot_bytes)),
+            snapshot_file,
+            snapshots_built: Arc::new(AtomicU64::new(0)),
+            snapshot_bytes: Arc::new(AtomicU64::new(snapshot_bytes)),
         })
     }
 
     /// Bytes of the latest snapshot saved (built here or installed from the leader).
     pub fn snapshot_bytes(&self) -> u64 {
-        self.snapshot_bytes.load(std::sync::atomic::Ordering::Relaxed)
+        self.snapshot_bytes.load(Ordering::Relaxed)
     }
 
     /// Reads the applied state. Keep the guard short: applying waits for it.
@@ -83,11 +86,7 @@ impl StateMachineStore {
     }
 
     /// Saves `data` as the latest snapshot, durably, and hands it back.
-    ///
-    /// One plain insert of one record, on a blocking thread: a sled batch
-    /// would hold sled's global write lock while the megabytes are written
-    /// and synced, stalling every log append (and with it the heartbeats)
-    /// for that long.
+    /// On a blocking thread: the file is megabytes, written and synced.
     async fn save_snapshot(
         &self,
         meta: &SnapshotMeta<NodeId, Node>,
@@ -98,60 +97,14 @@ impl StateMachineStore {
             StorageError::from(StorageIOError::write_snapshot(signature.clone(), AnyError::error(e.to_string())))
         };
         let meta_bytes = encode(meta).map_err(|e| write_error(&e))?;
-        let (db, snapshots) = (self.db.clone(), self.snapshots.clone());
-        let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, sled::Error> {
-            snapshots.insert(schema::SNAPSHOT_KEY, schema::snapshot_record(&meta_bytes, &data))?;
-            // The former two-key layout, if this data dir still has it.
-            snapshots.remove(schema::SNAPSHOT_META_KEY)?;
-            snapshots.remove(schema::SNAPSHOT_DATA_KEY)?;
-            db.flush()?;
-            Ok(data)
-        })
-        .await
-        .map_err(|e| write_error(&e))?
-        .map_err(|e| write_error(&e))?;
-        self.snapshot_bytes.store(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let snapshot_file = self.snapshot_file.clone();
+        let data = tokio::task::spawn_blocking(move || snapshot_file.save(&meta_bytes, &data).map(|()| data))
+            .await
+            .map_err(|e| write_error(&e))?
+            .map_err(|e| write_error(&e))?;
+        self.snapshot_bytes.store(data.len() as u64, Ordering::Relaxed);
         Ok(data)
     }
-}
-
-/// A snapshot as sled returned it, not copied: the megabytes are decoded in place.
-enum StoredSnapshot {
-    /// One [`schema::SNAPSHOT_KEY`] record whose metadata is `meta_len` bytes.
-    Record { record: sled::IVec, meta_len: usize },
-    /// The former two-key layout.
-    TwoKeys { meta: sled::IVec, data: sled::IVec },
-}
-
-impl StoredSnapshot {
-    /// The postcard `SnapshotMeta`.
-    fn meta(&self) -> &[u8] {
-        match self {
-            StoredSnapshot::Record { record, meta_len } => &record[4..4 + meta_len],
-            StoredSnapshot::TwoKeys { meta, .. } => meta,
-        }
-    }
-
-    /// The snapshot bytes.
-    fn data(&self) -> &[u8] {
-        match self {
-            StoredSnapshot::Record { record, meta_len } => &record[4 + meta_len..],
-            StoredSnapshot::TwoKeys { data, .. } => data,
-        }
-    }
-}
-
-/// The latest snapshot on disk, in either layout.
-fn load_snapshot(snapshots: &sled::Tree) -> Result<Option<StoredSnapshot>, StorageError<NodeId>> {
-    if let Some(record) = snapshots.get(schema::SNAPSHOT_KEY).map_err(|e| read_error(&e))? {
-        let (meta, _) = schema::split_snapshot_record(&record)
-            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?;
-        let meta_len = meta.len();
-        return Ok(Some(StoredSnapshot::Record { record, meta_len }));
-    }
-    let meta = snapshots.get(schema::SNAPSHOT_META_KEY).map_err(|e| read_error(&e))?;
-    let data = snapshots.get(schema::SNAPSHOT_DATA_KEY).map_err(|e| read_error(&e))?;
-    Ok(meta.zip(data).map(|(meta, data)| StoredSnapshot::TwoKeys { meta, data }))
 }
 
 fn read_error(error: &(impl std::error::Error + 'static)) -> StorageError<NodeId> {
@@ -170,7 +123,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         .map_err(|e| StorageIOError::write_snapshot(None, AnyError::error(e.to_string())))?;
         let (data, last_log_id, last_membership) =
             encoded.map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;
-        let count = self.snapshots_built.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let count = self.snapshots_built.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match last_log_id {
             Some(log_id) => format!("{}-{}-{count}", log_id.leader_id, log_id.index),
             None => format!("empty-{count}"),
@@ -257,11 +210,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let Some(stored) = load_snapshot(&self.snapshots)? else {
-            return Ok(None);
-        };
-        let meta: SnapshotMeta<NodeId, Node> = decode(stored.meta()).map_err(|e| read_error(&e))?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data().to_vec())) }))
+        let snapshot_file = self.snapshot_file.clone();
+        let stored = tokio::task::spawn_blocking(move || snapshot_file.load())
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e.to_string())))?
+            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?;
+        let Some(stored) = stored else { return Ok(None) };
+        let meta: SnapshotMeta<NodeId, Node> = decode(&stored.meta).map_err(|e| read_error(&e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) }))
     }
 }
 
@@ -270,54 +226,48 @@ mod tests {
     use openraft::{CommittedLeaderId, RaftSnapshotBuilder};
 
     use super::*;
+    use crate::raft::data_dir::Durability;
     use crate::state_machine::{Command, Envelope};
 
-    fn state_with_one_runner() -> AppliedState {
-        let mut state = State::default();
+    fn register_one_runner(store: &mut StateMachineStore) {
         let runner = r#"{"address":{"host":"h","port":1},"groups":["default"],"weight":1}"#;
         let command = Command::Register { address: "h:1".into(), runner: runner.into(), healthy: true };
-        state.apply(&Envelope { time_ms: 1, request_id: None, command });
-        let last_applied = Some(LogId::new(CommittedLeaderId::new(3, 1), 42));
-        AppliedState { last_applied, last_membership: StoredMembership::default(), state }
+        let mut applied = store.write();
+        applied.state.apply(&Envelope { time_ms: 1, request_id: None, command });
+        applied.last_applied = Some(LogId::new(CommittedLeaderId::new(3, 1), 42));
     }
 
     #[tokio::test]
-    async fn a_snapshot_in_the_former_two_key_layout_is_read_and_then_replaced() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let applied = state_with_one_runner();
-        let meta: SnapshotMeta<NodeId, Node> = SnapshotMeta {
-            last_log_id: applied.last_applied,
-            last_membership: applied.last_membership.clone(),
-            snapshot_id: "former".into(),
-        };
-        let snapshots = db.open_tree(schema::SNAPSHOTS).unwrap();
-        snapshots.insert(schema::SNAPSHOT_META_KEY, encode(&meta).unwrap()).unwrap();
-        snapshots.insert(schema::SNAPSHOT_DATA_KEY, encode(&applied).unwrap()).unwrap();
-
-        let mut store = StateMachineStore::open(&db, State::default()).unwrap();
-        assert_eq!(store.read().last_applied, applied.last_applied, "restored from the former layout");
-        assert_eq!(store.read().state.get_runners(1).len(), 1);
-        let current = store.get_current_snapshot().await.unwrap().expect("a snapshot");
-        assert_eq!(current.meta.snapshot_id, "former");
-
+    async fn a_built_snapshot_is_restored_after_a_reopen() {
+        let temp = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::open(temp.path(), 1 << 20, Durability::Synced).unwrap();
+        let mut store = StateMachineStore::open(&data_dir, State::default()).unwrap();
+        assert!(store.get_current_snapshot().await.unwrap().is_none());
+        register_one_runner(&mut store);
         let built = store.build_snapshot().await.unwrap();
-        assert_eq!(built.meta.last_log_id, applied.last_applied);
-        assert!(snapshots.get(schema::SNAPSHOT_DATA_KEY).unwrap().is_none(), "the former keys are gone");
-        assert!(snapshots.get(schema::SNAPSHOT_META_KEY).unwrap().is_none());
         let current = store.get_current_snapshot().await.unwrap().expect("a snapshot");
         assert_eq!(current.meta.snapshot_id, built.meta.snapshot_id);
         assert_eq!(current.snapshot.into_inner(), encode(&*store.read()).unwrap());
 
-        let reopened = StateMachineStore::open(&db, State::default()).unwrap();
-        assert_eq!(reopened.read().last_applied, applied.last_applied, "restored from the one-record layout");
-        assert_eq!(reopened.snapshot_bytes(), encode(&applied).unwrap().len() as u64);
+        let reopened = StateMachineStore::open(&data_dir, State::default()).unwrap();
+        assert_eq!(reopened.read().last_applied, store.read().last_applied);
+        assert_eq!(reopened.read().state.get_runners(1).len(), 1);
+        assert_eq!(reopened.snapshot_bytes(), encode(&*store.read()).unwrap().len() as u64);
     }
 
     #[tokio::test]
-    async fn a_truncated_snapshot_record_is_a_storage_error_not_a_panic() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let snapshots = db.open_tree(schema::SNAPSHOTS).unwrap();
-        snapshots.insert(schema::SNAPSHOT_KEY, &[200, 0, 0, 0, 1, 2][..]).unwrap();
-        assert!(StateMachineStore::open(&db, State::default()).is_err());
+    async fn a_damaged_snapshot_is_a_storage_error_not_a_panic() {
+        let temp = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::open(temp.path(), 1 << 20, Durability::Synced).unwrap();
+        let mut store = StateMachineStore::open(&data_dir, State::default()).unwrap();
+        register_one_runner(&mut store);
+        store.build_snapshot().await.unwrap();
+        let path = store.snapshot_file.path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        let error = StateMachineStore::open(&data_dir, State::default()).err().expect("refused").to_string();
+        assert!(error.contains("checksum"), "{error}");
     }
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use openraft::storage::{RaftLogReader, RaftLogStorage};
 use openraft::EntryPayload;
 use runner_storage::client::Client;
+use runner_storage::raft::data_dir::{DataDir, Durability};
 use runner_storage::raft::log_store::LogStore;
 use runner_storage::raft::sm_store::StateMachineStore;
 use runner_storage::state_machine::State;
@@ -32,15 +33,16 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Rebuilds the state a data dir holds at log index `index`.
 async fn state_at(data_dir: &Path, index: u64) -> Result<State, String> {
-    let db = sled::open(data_dir).map_err(|e| format!("open {}: {e}", data_dir.display()))?;
-    let state_machine = StateMachineStore::open(&db, State::default()).map_err(|e| format!("snapshot: {e}"))?;
+    let data_dir = DataDir::open(data_dir, runner_storage::limits::SLED_CACHE_BYTES, Durability::Synced)
+        .map_err(|e| format!("open {}: {e}", data_dir.display()))?;
+    let state_machine = StateMachineStore::open(&data_dir, State::default()).map_err(|e| format!("snapshot: {e}"))?;
     let applied = state_machine.read().clone();
     let first = applied.last_applied.map_or(0, |log_id| log_id.index + 1);
     if first > index + 1 {
         return Err(format!("its snapshot is at {first}, past the commit index {index}"));
     }
     let mut state = applied.state;
-    let mut log = LogStore::open(&db).map_err(|e| format!("log: {e}"))?;
+    let mut log = LogStore::open(&data_dir).map_err(|e| format!("log: {e}"))?;
     let entries =
         log.get_log_reader().await.try_get_log_entries(first..=index).await.map_err(|e| format!("log: {e}"))?;
     let expected = usize::try_from(index + 1 - first).expect("entry count fits usize");
