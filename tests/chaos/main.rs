@@ -42,6 +42,7 @@ mod final_state;
 mod gate;
 mod history;
 mod lab;
+mod lab_client;
 mod lab_disks;
 mod nemesis;
 mod nemesis_cuts;

@@ -143,7 +143,8 @@ pub fn run(profile: &Profile) -> RunResult {
     // The nodes' logs go with the history: a slow recovery that is no
     // violation is explained by them, and the lab's files are deleted.
     shared.lock().expect("lab").copy_logs_to(&dir);
-    if summary.verdicts.violation_count() > 0 {
+    // A planted bug's violations are the point of its run: nothing to keep.
+    if summary.verdicts.violation_count() > 0 && profile.planted_bug.is_none() {
         let mut lab = shared.lock().expect("lab");
         lab.keep_files = true;
         eprintln!("{}", lab.log_tails(20));

@@ -48,12 +48,13 @@
 //! # Layout
 //! - [`extents`]: the dirty runs of one file (pure).
 //! - [`tree`]: inodes, entries and data in their current and durable
-//!   versions; syncs and cuts (no FUSE).
+//!   versions, and syncs (no FUSE); [`power`]: the cut.
 //! - [`fuse`]: the `fuser::Filesystem` over the tree; handles; no caching.
 //! - this file: [`PowerFs`], a mount with its cut.
 
 pub mod extents;
 pub mod fuse;
+pub mod power;
 pub mod tree;
 
 use std::path::{Path, PathBuf};

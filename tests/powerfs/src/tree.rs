@@ -7,9 +7,9 @@
 //!   `sync_file` writes the extents into the backing file; `cut` drops them.
 //! - A directory holds its current entries and its durable entries;
 //!   `sync_dir` copies the first over the second; `cut` does the reverse.
-//! - After a cut only what is reachable from the root through durable
-//!   entries exists: a file whose name was never made durable is gone with
-//!   its data, however often the file itself was synced.
+//! - After a cut ([`crate::power`]) only what is reachable from the root
+//!   through durable entries exists: a file whose name was never made
+//!   durable is gone with its data, however often the file itself was synced.
 //!
 //! Errors are plain errno values (`libc::ENOENT`, …), as FUSE answers them.
 
@@ -71,41 +71,41 @@ impl Meta {
 }
 
 #[derive(Debug, Default)]
-struct FileData {
-    size: u64,
-    durable_size: u64,
+pub(crate) struct FileData {
+    pub(crate) size: u64,
+    pub(crate) durable_size: u64,
     /// Bytes of the backing file still valid: the lowest size the file was
     /// truncated to since its last sync (beyond it, unsynced reads see zeros).
-    backing_valid: u64,
-    dirty: Extents,
-    backing: Option<File>,
+    pub(crate) backing_valid: u64,
+    pub(crate) dirty: Extents,
+    pub(crate) backing: Option<File>,
 }
 
 #[derive(Debug, Default)]
-struct DirData {
-    entries: BTreeMap<OsString, Ino>,
-    durable: BTreeMap<OsString, Ino>,
-    parent: Ino,
+pub(crate) struct DirData {
+    pub(crate) entries: BTreeMap<OsString, Ino>,
+    pub(crate) durable: BTreeMap<OsString, Ino>,
+    pub(crate) parent: Ino,
 }
 
 #[derive(Debug)]
-enum Body {
+pub(crate) enum Body {
     File(FileData),
     Dir(DirData),
     Symlink(PathBuf),
 }
 
 #[derive(Debug)]
-struct Inode {
-    body: Body,
-    meta: Meta,
-    durable_meta: Meta,
+pub(crate) struct Inode {
+    pub(crate) body: Body,
+    pub(crate) meta: Meta,
+    pub(crate) durable_meta: Meta,
     /// Current names (entries) of this inode.
-    links: u32,
+    pub(crate) links: u32,
     /// Durable entries naming it (may still be unreachable, see the module docs).
-    durable_links: u32,
+    pub(crate) durable_links: u32,
     /// Open file handles.
-    open: u32,
+    pub(crate) open: u32,
 }
 
 /// What `stat` shows of an inode.
@@ -125,10 +125,10 @@ pub struct Attr {
 
 /// The most recent write, while its inode is unsynced: what a cut may tear.
 #[derive(Debug, Clone, Copy)]
-struct LastWrite {
-    ino: Ino,
-    offset: u64,
-    len: u64,
+pub(crate) struct LastWrite {
+    pub(crate) ino: Ino,
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
 }
 
 /// What a cut did.
@@ -145,10 +145,10 @@ pub struct CutReport {
 /// Every inode, and the directory the durable data lives in.
 #[derive(Debug)]
 pub struct Tree {
-    inodes: HashMap<Ino, Inode>,
+    pub(crate) inodes: HashMap<Ino, Inode>,
     next_ino: Ino,
-    backing_dir: PathBuf,
-    last_write: Option<LastWrite>,
+    pub(crate) backing_dir: PathBuf,
+    pub(crate) last_write: Option<LastWrite>,
 }
 
 fn read_full_at(file: &File, out: &mut [u8], offset: u64) -> std::io::Result<()> {
@@ -201,14 +201,14 @@ impl Tree {
         }
     }
 
-    fn dir_mut(&mut self, ino: Ino) -> Result<&mut DirData> {
+    pub(crate) fn dir_mut(&mut self, ino: Ino) -> Result<&mut DirData> {
         match &mut self.inode_mut(ino)?.body {
             Body::Dir(dir) => Ok(dir),
             _ => Err(libc::ENOTDIR),
         }
     }
 
-    fn file_mut(&mut self, ino: Ino) -> Result<&mut FileData> {
+    pub(crate) fn file_mut(&mut self, ino: Ino) -> Result<&mut FileData> {
         match &mut self.inode_mut(ino)?.body {
             Body::File(file) => Ok(file),
             Body::Dir(_) => Err(libc::EISDIR),
@@ -489,7 +489,7 @@ impl Tree {
         Ok(())
     }
 
-    fn backing(&mut self, ino: Ino) -> Result<()> {
+    pub(crate) fn backing(&mut self, ino: Ino) -> Result<()> {
         let path = self.backing_dir.join(ino.to_string());
         let file = self.file_mut(ino)?;
         if file.backing.is_none() {
@@ -569,100 +569,5 @@ impl Tree {
                 _ => 0,
             })
             .sum()
-    }
-
-    /// A power cut: every inode back to its durable version, and only what
-    /// durable entries reach from the root kept. With `tear` (a seed), a
-    /// prefix of whole sectors of the most recent write, if its file was not
-    /// synced since, survives as well.
-    pub fn cut(&mut self, tear: Option<u64>) -> CutReport {
-        let mut report = CutReport { bytes_dropped: self.dirty_bytes(), ..CutReport::default() };
-        let reachable = self.durably_reachable();
-        if let (Some(seed), Some(write)) = (tear, self.last_write.take()) {
-            if reachable.contains_key(&write.ino) {
-                report.torn = self.tear(write, seed);
-            }
-        }
-        let gone: Vec<Ino> = self.inodes.keys().copied().filter(|ino| !reachable.contains_key(ino)).collect();
-        report.inodes_dropped = gone.len() as u64;
-        for ino in gone {
-            self.inodes.remove(&ino);
-            let _ = std::fs::remove_file(self.backing_dir.join(ino.to_string()));
-        }
-        for (ino, inode) in self.inodes.iter_mut() {
-            inode.meta = inode.durable_meta;
-            inode.open = 0;
-            inode.links = reachable[ino];
-            inode.durable_links = reachable[ino];
-            match &mut inode.body {
-                Body::File(file) => {
-                    file.dirty.clear();
-                    file.size = file.durable_size;
-                    file.backing_valid = file.durable_size;
-                }
-                Body::Dir(dir) => dir.entries = dir.durable.clone(),
-                Body::Symlink(_) => {}
-            }
-        }
-        self.set_parents();
-        self.last_write = None;
-        report
-    }
-
-    /// Inodes reachable from the root through durable entries, with the number of durable names each has.
-    fn durably_reachable(&self) -> HashMap<Ino, u32> {
-        let mut names: HashMap<Ino, u32> = HashMap::from([(ROOT, 1)]);
-        let mut pending = vec![ROOT];
-        while let Some(ino) = pending.pop() {
-            let Some(Inode { body: Body::Dir(dir), .. }) = self.inodes.get(&ino) else { continue };
-            for child in dir.durable.values().filter(|child| self.inodes.contains_key(child)) {
-                let count = names.entry(*child).or_insert(0);
-                *count += 1;
-                if *count == 1 {
-                    pending.push(*child);
-                }
-            }
-        }
-        names
-    }
-
-    fn set_parents(&mut self) {
-        let pairs: Vec<(Ino, Ino)> = self
-            .inodes
-            .iter()
-            .filter_map(|(ino, inode)| match &inode.body {
-                Body::Dir(dir) => Some(dir.entries.values().map(move |child| (*child, *ino))),
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        for (child, parent) in pairs {
-            if let Ok(dir) = self.dir_mut(child) {
-                dir.parent = parent;
-            }
-        }
-    }
-
-    /// Makes a sector-aligned prefix of `write` durable; returns the range kept.
-    fn tear(&mut self, write: LastWrite, seed: u64) -> Option<(Ino, u64, u64)> {
-        let end = write.offset + write.len;
-        let first_boundary = (write.offset / SECTOR_BYTES + 1) * SECTOR_BYTES;
-        // Sector boundaries strictly inside the write: a torn write never survives whole.
-        let boundaries = if first_boundary < end { (end - 1 - first_boundary) / SECTOR_BYTES + 1 } else { 0 };
-        let kept = seed % (boundaries + 1);
-        if kept == 0 {
-            return None;
-        }
-        let kept_end = first_boundary + (kept - 1) * SECTOR_BYTES;
-        let data = self.read(write.ino, write.offset, u32::try_from(kept_end - write.offset).ok()?).ok()?;
-        self.backing(write.ino).ok()?;
-        let file = self.file_mut(write.ino).ok()?;
-        let backing = file.backing.as_ref()?;
-        backing.write_all_at(&data, write.offset).ok()?;
-        if kept_end > file.durable_size {
-            backing.set_len(kept_end).ok()?;
-            file.durable_size = kept_end;
-        }
-        Some((write.ino, write.offset, kept_end))
     }
 }
