@@ -25,6 +25,8 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) fi
 command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
 command -v kill >/dev/null || apt_install procps
 command -v openssl >/dev/null || apt_install openssl
+# The clock tests run nodes under libfaketime (their wall clocks stepped).
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || apt_install faketime
 # The bench's comparison with etcd runs against a real etcd cluster.
 command -v etcd >/dev/null && command -v etcdctl >/dev/null || apt_install etcd-server etcd-client
 # Chaos: the namespace lab (iproute2, iptables), power cuts over powerfs

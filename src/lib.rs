@@ -32,6 +32,7 @@ pub mod raft;
 pub mod read_barrier;
 pub mod service;
 pub mod state_machine;
+pub mod store_clock;
 pub mod transport;
 
 pub use error::{Error, Result};

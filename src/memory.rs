@@ -1,11 +1,13 @@
 //! [`MemoryRunnerStorage`]: a correct single-process store: the state machine
-//! behind a mutex, stamped with the local wall clock.
+//! behind a mutex, stamped with a [`StoreClock`] anchored at the wall clock
+//! when the store is made (so a wall clock step later cannot expire locks).
 //!
 //! Unlike Effect's `makeMemory` it enforces locks, liveness and machine ids
 //! exactly as the replicated store does. For tests and local use; nothing is
 //! persisted.
 
 use std::sync::Mutex;
+use std::time::Instant;
 
 use async_trait::async_trait;
 
@@ -13,11 +15,16 @@ use crate::clock::wall_clock_ms;
 use crate::error::{Error, Result};
 use crate::interface::Encoded;
 use crate::state_machine::{shard_id_texts, Command, Envelope, Reply, State};
+use crate::store_clock::{OfficeAnchor, StoreClock};
 
-/// The state machine in process memory, stamped with the local clock.
+/// The one term a memory store's clock is in office for.
+const TERM: u64 = 1;
+
+/// The state machine in process memory, stamped with its store clock.
 #[derive(Debug)]
 pub struct MemoryRunnerStorage {
     state: Mutex<State>,
+    clock: StoreClock,
 }
 
 impl Default for MemoryRunnerStorage {
@@ -32,7 +39,14 @@ impl MemoryRunnerStorage {
     /// # Panics
     /// When `lock_expiration_ms` is 0.
     pub fn new(lock_expiration_ms: u64) -> Self {
-        MemoryRunnerStorage { state: Mutex::new(State::new(lock_expiration_ms)) }
+        let clock = StoreClock::new();
+        clock.take_office(TERM, OfficeAnchor { store_now_ms: 0, applied_at: Instant::now() }, wall_clock_ms());
+        MemoryRunnerStorage { state: Mutex::new(State::new(lock_expiration_ms)), clock }
+    }
+
+    /// Store time now.
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms(TERM, Instant::now(), wall_clock_ms()).expect("a memory store's clock is always in office")
     }
 
     /// Applies `command` now and returns its reply.
@@ -40,7 +54,7 @@ impl MemoryRunnerStorage {
     /// # Errors
     /// The state machine's refusal, as an [`Error`].
     pub fn write(&self, command: Command) -> Result<Reply> {
-        let envelope = Envelope { time_ms: wall_clock_ms(), request_id: None, command };
+        let envelope = Envelope { time_ms: self.now_ms(), request_id: None, command };
         self.lock().apply(&envelope).into_result()
     }
 
@@ -90,7 +104,8 @@ pub(crate) mod replies {
 #[async_trait]
 impl Encoded for MemoryRunnerStorage {
     async fn get_runners(&self) -> Result<Vec<(String, bool)>> {
-        Ok(self.read(|state| state.get_runners(wall_clock_ms())))
+        let now_ms = self.now_ms();
+        Ok(self.read(|state| state.get_runners(now_ms)))
     }
 
     async fn register(&self, address: &str, runner: &str, healthy: bool) -> Result<i64> {

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
@@ -26,12 +26,13 @@ use crate::raft::early_replication::EarlyReplication;
 use crate::raft::election::{self, Nudges};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
-use crate::raft::sm_store::{AppliedState, StateMachineStore};
+use crate::raft::sm_store::{AppliedState, LeaderAnchor, StateMachineStore};
 use crate::raft::typ::ForwardToLeader;
 use crate::raft::{NodeId, Raft};
 use crate::read_barrier::{BarrierOutcome, ReadBarrier};
 use crate::service::forward::Forwarder;
 use crate::state_machine::{Command, Envelope, Reply, State};
+use crate::store_clock::StoreClock;
 
 /// Longest a write or read waits for Raft (commit, or the read barrier)
 /// before answering `UNAVAILABLE`: an isolated leader cannot commit, and the
@@ -78,6 +79,10 @@ pub struct Node {
     flush_stats: Arc<crate::raft::log_store::FlushStats>,
     early_stats: Option<Arc<crate::raft::early_replication::EarlyStats>>,
     data_dir: DataDir,
+    /// Store time while this node leads (SPEC §4).
+    store_clock: StoreClock,
+    /// The anchors leaders' blank entries leave, for `store_clock`.
+    leader_anchors: tokio::sync::watch::Receiver<Option<LeaderAnchor>>,
     planted_bug: Option<PlantedBug>,
 }
 
@@ -96,6 +101,10 @@ pub enum PlantedBug {
     /// fdatasync/fsync (what this store did before it synced for real):
     /// acknowledged writes survive a killed process, not a power cut.
     NoSync,
+    /// `wall-clock-stamps`: commands and reads take the leader's raw wall
+    /// clock as store time (what this store did before `StoreClock`): a
+    /// step of the leader's clock by more than E expires every lock.
+    WallClockStamps,
 }
 
 impl PlantedBug {
@@ -104,9 +113,10 @@ impl PlantedBug {
             None | Some("") => Ok(None),
             Some("stale-reads") => Ok(Some(PlantedBug::StaleReads)),
             Some("no-sync") => Ok(Some(PlantedBug::NoSync)),
-            Some(other) => {
-                anyhow::bail!("{PLANTED_BUG_ENV}={other:?} is not a known planted bug (stale-reads, no-sync)")
-            }
+            Some("wall-clock-stamps") => Ok(Some(PlantedBug::WallClockStamps)),
+            Some(other) => anyhow::bail!(
+                "{PLANTED_BUG_ENV}={other:?} is not a known planted bug (stale-reads, no-sync, wall-clock-stamps)"
+            ),
         }
     }
 }
@@ -157,7 +167,8 @@ impl Node {
         let flush_stats = log_store.flush_stats();
         let dialer = config.peer_dialer()?;
         let lease = Duration::from_millis(config.raft.election_timeout_max_ms);
-        let (election_nudges, nudge_queue) = Nudges::new(lease);
+        let election_timeout_min = Duration::from_millis(config.raft.election_timeout_min_ms);
+        let (election_nudges, nudge_queue) = Nudges::new(lease, election_timeout_min);
         let unreachable_backoff =
             Duration::from_millis(config.raft.heartbeat_interval_ms).min(crate::limits::PEER_UNREACHABLE_BACKOFF_MAX);
         let network = Network::new(dialer.clone(), election_nudges.clone(), unreachable_backoff, early);
@@ -165,6 +176,7 @@ impl Node {
             .await
             .context("cannot start Raft")?;
         tokio::spawn(election::run(raft.clone(), nudge_queue));
+        let leader_anchors = state_machine.leader_anchors();
         let forwarder = Forwarder::new(dialer);
         let metrics = crate::metrics::Metrics::new();
         let proposer = Proposer::start(raft.clone());
@@ -184,6 +196,8 @@ impl Node {
             flush_stats,
             early_stats,
             data_dir,
+            store_clock: StoreClock::new(),
+            leader_anchors,
             planted_bug,
         }))
     }
@@ -247,7 +261,56 @@ impl Node {
         }
     }
 
-    /// Proposes `command` (validated first) stamped with this node's clock.
+    /// The store time to stamp a command or answer a read with (SPEC §4).
+    ///
+    /// On the leader, its [`StoreClock`]; a leader just elected first waits
+    /// (within [`RAFT_CALL_TIMEOUT`]) until it applied its own blank entry,
+    /// which anchors the clock. Elsewhere the state's own time: a follower's
+    /// write is forwarded, never applied, and a stamp that does not advance
+    /// time is always safe.
+    ///
+    /// # Errors
+    /// `Unavailable` when the new leader's blank entry was not applied in time.
+    async fn store_now_ms(&self) -> Result<u64, Error> {
+        if self.planted_bug == Some(PlantedBug::WallClockStamps) {
+            return Ok(wall_clock_ms());
+        }
+        let (state, term) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.state, metrics.current_term)
+        };
+        if state != ServerState::Leader {
+            return Ok(self.state_machine.read().state.now_ms());
+        }
+        if let Some(now_ms) = self.store_clock.now_ms(term, Instant::now(), wall_clock_ms()) {
+            return Ok(now_ms);
+        }
+        let own_blank = openraft::CommittedLeaderId::new(term, self.id);
+        let mut anchors = self.leader_anchors.clone();
+        let anchored = anchors.wait_for(|anchor| anchor.is_some_and(|(leader, _)| leader >= own_blank));
+        let anchor = match tokio::time::timeout(RAFT_CALL_TIMEOUT, anchored).await {
+            Ok(Ok(anchor)) => *anchor,
+            _ => None,
+        };
+        let Some((leader, anchor)) = anchor.filter(|(leader, _)| *leader == own_blank) else {
+            return Err(Error::unavailable(format!("elected in term {term} but not yet serving; retry")));
+        };
+        tracing::info!(term, store_now_ms = anchor.store_now_ms, %leader, "store clock anchored for this term");
+        self.store_clock.take_office(term, anchor, wall_clock_ms());
+        let now_ms = self.store_clock.now_ms(term, Instant::now(), wall_clock_ms());
+        Ok(now_ms.expect("the store clock took office in this term just now"))
+    }
+
+    /// Store time for views that need no barrier (metrics): the leader's
+    /// clock when it is anchored, else the state's time.
+    pub fn store_time_ms_for_views(&self) -> u64 {
+        let term = self.raft.metrics().borrow().current_term;
+        let state_now_ms = self.state_machine.read().state.now_ms();
+        self.store_clock.now_ms(term, Instant::now(), wall_clock_ms()).map_or(state_now_ms, |now| now.max(state_now_ms))
+    }
+
+    /// Proposes `command` (validated first) stamped with the store time.
     ///
     /// # Errors
     /// [`CallError::NotLeader`] on a follower; [`CallError::Failed`] with
@@ -258,7 +321,7 @@ impl Node {
         if let Some(request_id) = &request_id {
             request_id.validate()?;
         }
-        let envelope = Envelope { time_ms: wall_clock_ms(), request_id, command };
+        let envelope = Envelope { time_ms: self.store_now_ms().await?, request_id, command };
         match self.proposer.propose(envelope).await {
             Ok(reply) => Ok(reply.into_result()?),
             Err(Refused::NotLeader(leader_address)) => Err(CallError::NotLeader { leader_address }),
@@ -267,7 +330,7 @@ impl Node {
     }
 
     /// Passes the linearizable read barrier, then runs `read` on the applied
-    /// state with `now = max(state now, this node's clock)`.
+    /// state with `now = max(state now, store time)`.
     ///
     /// # Errors
     /// [`CallError::NotLeader`] on a follower; `Unavailable` without quorum.
@@ -281,9 +344,9 @@ impl Node {
             .map_err(|_| Error::unavailable("the read barrier did not pass in time (no quorum?)"))?;
         match barrier {
             BarrierOutcome::Passed => {
+                let store_now_ms = self.store_now_ms().await?;
                 let applied = self.state_machine.read();
-                let now_ms = applied.state.now_ms().max(wall_clock_ms());
-                Ok(read(&applied.state, now_ms))
+                Ok(read(&applied.state, applied.state.now_ms().max(store_now_ms)))
             }
             BarrierOutcome::NotLeader(leader_address) => Err(CallError::NotLeader { leader_address }),
             BarrierOutcome::Failed(reason) => Err(Error::unavailable(reason).into()),
@@ -337,7 +400,8 @@ impl Node {
     /// The Prometheus text of this node's metrics.
     pub fn render_metrics(&self) -> String {
         let raft = self.raft_view();
-        self.metrics.render(&raft, &self.state_machine.read(), wall_clock_ms())
+        let now_ms = self.store_time_ms_for_views();
+        self.metrics.render(&raft, &self.state_machine.read(), now_ms)
     }
 
     /// Waits until this node knows a leader at an address other than

@@ -14,6 +14,12 @@
 //!    log is shorter** (both voted for themselves: a split vote). One term up
 //!    the rival must grant the vote, yet openraft waits a whole election
 //!    timeout first. Nudge: this candidate campaigns again now.
+//! 3. **A split vote between candidates with equal logs.** openraft 0.9
+//!    draws each node's election timeout once, at start (openraft issue
+//!    #1838, fixed in 0.10): two survivors whose timeouts happen to lie
+//!    within a round trip of each other split the vote term after term.
+//!    Nudge: campaign again after a delay drawn afresh for every split
+//!    (below the shortest election timeout), so one of the two gets ahead.
 //!
 //! Campaigning is always safe in Raft (a vote needs a quorum and the longest
 //! log); a nudge only changes when. Nor does it cut the leader lease that
@@ -27,6 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::ServerState;
+use rand::Rng;
 use tokio::sync::mpsc;
 
 use super::typ::{VoteRequest, VoteResponse};
@@ -36,23 +43,36 @@ use super::Raft;
 /// election the timers would start anyway).
 const NUDGES_QUEUED_MAX: usize = 16;
 
+/// One nudge: campaign in the term after `term`, after `delay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nudge {
+    /// The node's term when the nudge was sent; stale once it moved on.
+    pub term: u64,
+    /// How long to wait first (zero: now).
+    pub delay: Duration,
+}
+
 /// The senders' side of the nudges: what the Raft server and network see of
 /// votes goes through here. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Nudges {
-    queue: mpsc::Sender<u64>,
+    queue: mpsc::Sender<Nudge>,
     started: Instant,
     /// Nanoseconds after `started` when the last append arrived.
     last_append_nanos: Arc<AtomicU64>,
     lease: Duration,
+    /// The shortest election timeout: nudge 3's delays stay below it.
+    election_timeout_min: Duration,
 }
 
 impl Nudges {
     /// Nudges for a node whose followers honour a leader lease of `lease`
-    /// (openraft's `election_timeout_max`); the receiver goes to [`run`].
-    pub fn new(lease: Duration) -> (Self, mpsc::Receiver<u64>) {
+    /// (openraft's `election_timeout_max`) and whose election timeouts are
+    /// at least `election_timeout_min`; the receiver goes to [`run`].
+    pub fn new(lease: Duration, election_timeout_min: Duration) -> (Self, mpsc::Receiver<Nudge>) {
         let (queue, receiver) = mpsc::channel(NUDGES_QUEUED_MAX);
-        let nudges = Nudges { queue, started: Instant::now(), last_append_nanos: Arc::default(), lease };
+        let started = Instant::now();
+        let nudges = Nudges { queue, started, last_append_nanos: Arc::default(), lease, election_timeout_min };
         nudges.heard_from_leader();
         (nudges, receiver)
     }
@@ -72,21 +92,31 @@ impl Nudges {
     /// This node answered `request` with `answer` (nudge 1).
     pub fn vote_answered(&self, request: &VoteRequest, answer: &VoteResponse) {
         if refused_a_shorter_log_after_the_lease(request, answer, self.quiet_for(), self.lease) {
-            self.send(answer.vote.leader_id().term);
+            self.send(Nudge { term: answer.vote.leader_id().term, delay: Duration::ZERO });
         }
     }
 
-    /// A peer answered this node's `request` with `answer` (nudge 2).
+    /// A peer answered this node's `request` with `answer` (nudges 2 and 3).
     pub fn vote_received(&self, request: &VoteRequest, answer: &VoteResponse) {
+        let term = request.vote.leader_id().term;
         if split_with_a_shorter_log(request, answer) {
-            self.send(request.vote.leader_id().term);
+            self.send(Nudge { term, delay: Duration::ZERO });
+        } else if split_with_an_equal_log(request, answer) {
+            self.send(Nudge { term, delay: split_retry_delay(self.election_timeout_min) });
         }
     }
 
-    fn send(&self, term: u64) {
+    fn send(&self, nudge: Nudge) {
         // Full queue: the timers will do, a little later.
-        let _ = self.queue.try_send(term);
+        let _ = self.queue.try_send(nudge);
     }
+}
+
+/// Nudge 3's delay: uniform below half the shortest election timeout, so
+/// it always comes before openraft's own timer, drawn anew for each split.
+fn split_retry_delay(election_timeout_min: Duration) -> Duration {
+    let most_us = u64::try_from(election_timeout_min.as_micros() / 2).unwrap_or(u64::MAX).max(1);
+    Duration::from_micros(rand::thread_rng().gen_range(0..most_us))
 }
 
 /// Nudge 1: this voter, which still follows a leader (its vote is committed)
@@ -110,16 +140,26 @@ pub fn split_with_a_shorter_log(request: &VoteRequest, answer: &VoteResponse) ->
         && answer.last_log_id < request.last_log_id
 }
 
-/// Acts on nudges until Raft stops: for each, an election now, if the nudge's
-/// term is still this node's term, it does not lead, and no nudge of that
-/// term or a later one was acted on yet.
-pub async fn run(raft: Raft, mut nudges: mpsc::Receiver<u64>) {
+/// Nudge 3: a rival candidate of the same term refused this node's
+/// `request`, and the two logs are equal (either may win).
+pub fn split_with_an_equal_log(request: &VoteRequest, answer: &VoteResponse) -> bool {
+    !answer.vote_granted
+        && !answer.vote.is_committed()
+        && answer.vote.leader_id().term == request.vote.leader_id().term
+        && answer.vote.leader_id().voted_for() != request.vote.leader_id().voted_for()
+        && answer.last_log_id == request.last_log_id
+}
+
+/// Acts on nudges until Raft stops: for each, after its delay, an election,
+/// if the nudge's term is still this node's term, it does not lead, and no
+/// nudge of that term or a later one was acted on yet.
+pub async fn run(raft: Raft, mut nudges: mpsc::Receiver<Nudge>) {
     let mut metrics = raft.metrics();
     let mut last_term_nudged = 0;
     loop {
-        let term = tokio::select! {
+        let nudge = tokio::select! {
             nudge = nudges.recv() => match nudge {
-                Some(term) => term,
+                Some(nudge) => nudge,
                 None => return,
             },
             changed = metrics.changed() => match changed {
@@ -127,8 +167,10 @@ pub async fn run(raft: Raft, mut nudges: mpsc::Receiver<u64>) {
                 Err(_) => return, // Raft has stopped.
             },
         };
+        tokio::time::sleep(nudge.delay).await;
+        let term = nudge.term;
         let (current_term, state) = {
-            let now = metrics.borrow();
+            let now = metrics.borrow_and_update();
             (now.current_term, now.state)
         };
         if term <= last_term_nudged
@@ -202,16 +244,40 @@ mod tests {
     }
 
     #[test]
+    fn a_split_between_equal_logs_campaigns_again_after_a_fresh_random_delay() {
+        let mine = request(8, 2, log(7, 104));
+        let rival = answer(Vote::new(8, 3), false, log(7, 104));
+        assert!(split_with_an_equal_log(&mine, &rival));
+        assert!(!split_with_an_equal_log(&mine, &answer(Vote::new(8, 3), false, log(7, 100))), "shorter: nudge 2");
+        assert!(!split_with_an_equal_log(&mine, &answer(Vote::new(8, 3), false, log(7, 105))), "longer: it wins");
+        assert!(!split_with_an_equal_log(&mine, &answer(Vote::new_committed(7, 1), false, log(7, 104))));
+        assert!(!split_with_an_equal_log(&mine, &answer(Vote::new(9, 3), false, log(7, 104))), "a later term");
+        assert!(!split_with_an_equal_log(&mine, &answer(Vote::new(8, 2), true, log(7, 104))), "granted");
+
+        let (nudges, mut queue) = Nudges::new(LEASE, Duration::from_millis(110));
+        let mut delays = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            nudges.vote_received(&mine, &rival);
+            let nudge = queue.try_recv().expect("a nudge");
+            assert_eq!(nudge.term, 8);
+            assert!(nudge.delay < Duration::from_millis(55), "{:?} is below half the shortest timeout", nudge.delay);
+            delays.insert(nudge.delay);
+        }
+        assert!(delays.len() > 10, "delays are drawn afresh: {delays:?}");
+    }
+
+    #[test]
     fn silence_is_measured_from_the_last_append() {
-        let (nudges, mut queue) = Nudges::new(Duration::ZERO);
+        let (nudges, mut queue) = Nudges::new(Duration::ZERO, Duration::from_millis(110));
         let candidate = request(8, 1, log(7, 100));
         let follower = answer(Vote::new_committed(7, 3), false, log(7, 104));
         while nudges.quiet_for().is_zero() {
             std::hint::spin_loop();
         }
         nudges.vote_answered(&candidate, &follower);
-        assert_eq!(queue.try_recv().ok(), Some(7), "quiet longer than a zero lease: campaign in term 7 -> 8");
-        let (nudges, mut queue) = Nudges::new(Duration::from_secs(3600));
+        let expected = Nudge { term: 7, delay: Duration::ZERO };
+        assert_eq!(queue.try_recv().ok(), Some(expected), "quiet longer than a zero lease: campaign in term 7 -> 8");
+        let (nudges, mut queue) = Nudges::new(Duration::from_secs(3600), Duration::from_millis(110));
         nudges.heard_from_leader();
         nudges.vote_answered(&candidate, &follower);
         assert!(queue.try_recv().is_err(), "an hour's lease is not over");

@@ -54,6 +54,9 @@ pub struct FlushStats {
     pub flush_micros: AtomicU64,
 }
 
+/// Tokens a gated flusher takes, one per flush (tests only).
+type FlushGate = std::sync::mpsc::Receiver<()>;
+
 /// Who waits for the flusher's next flush and sync.
 enum FlushWaiter {
     /// openraft's callback for an append.
@@ -109,6 +112,13 @@ impl LogStore {
     /// When sled cannot open the trees, the stored markers do not decode,
     /// or the log is damaged.
     pub fn open(data_dir: &DataDir) -> Result<Self, StorageError<NodeId>> {
+        Self::open_gated(data_dir, None)
+    }
+
+    /// [`LogStore::open`] whose flusher, when `gate` is given, takes one
+    /// token from it before each flush: tests hold the log's durability
+    /// back to see what openraft does meanwhile.
+    fn open_gated(data_dir: &DataDir, gate: Option<FlushGate>) -> Result<Self, StorageError<NodeId>> {
         let db = data_dir.db();
         let logs = db.open_tree(schema::LOGS).map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?;
         let meta = db.open_tree(schema::META).map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?;
@@ -118,7 +128,7 @@ impl LogStore {
         let flusher_stats = flush_stats.clone();
         std::thread::Builder::new()
             .name("log-flusher".into())
-            .spawn(move || run_flusher(&flusher_dir, flush_queue, &flusher_stats))
+            .spawn(move || run_flusher(&flusher_dir, flush_queue, &flusher_stats, gate))
             .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
         let committed_index = Arc::new(AtomicU64::new(0));
         let recent = Arc::default();
@@ -343,9 +353,17 @@ fn key_range(range: impl RangeBounds<u64>) -> (Bound<[u8; 8]>, Bound<[u8; 8]>) {
 /// instead, on the core's runtime worker, saves this thread's two wake-ups
 /// but was measured worse: `register` C=64 median 9,168 → 7,859 ops/s over
 /// six interleaved runs each, and no steady gain at C=1.
-fn run_flusher(data_dir: &DataDir, mut queue: mpsc::Receiver<FlushWaiter>, stats: &FlushStats) {
+fn run_flusher(
+    data_dir: &DataDir,
+    mut queue: mpsc::Receiver<FlushWaiter>,
+    stats: &FlushStats,
+    gate: Option<FlushGate>,
+) {
     let mut waiting = Vec::with_capacity(limits::LOG_FLUSHES_QUEUED_MAX);
     while let Some(first) = queue.blocking_recv() {
+        if gate.as_ref().is_some_and(|gate| gate.recv().is_err()) {
+            return;
+        }
         waiting.push(first);
         while waiting.len() < limits::LOG_FLUSHES_QUEUED_MAX {
             let Ok(next) = queue.try_recv() else { break };
@@ -657,5 +675,67 @@ mod tests {
         LogStore::open(&data_dir).expect("the log may start right after the purge point");
         log.logs.remove(schema::index_key(3)).unwrap();
         assert_refused(&data_dir, "the log starts at 4, but only entries through 2 were purged");
+    }
+
+    /// What early replication relies on (`raft::early_replication`): openraft
+    /// 0.9 counts the leader for an entry only once the log store reported
+    /// it flushed. A one-node cluster is its own quorum, so with its log's
+    /// flushes held back a write must neither commit nor be answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn openraft_counts_the_leader_for_an_entry_only_after_its_flush() {
+        use std::time::Duration;
+        let (_temp, data_dir) = temporary_data_dir();
+        // A rendezvous channel: a token passes only to a flusher waiting for it.
+        let (tokens, gate) = std::sync::mpsc::sync_channel(0);
+        let feed = || async {
+            loop {
+                let _ = tokens.try_send(());
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let log = LogStore::open_gated(&data_dir, Some(gate)).unwrap();
+        let state_machine = StateMachineStore::open(&data_dir, State::default()).unwrap();
+        let (nudges, _queue) =
+            crate::raft::election::Nudges::new(Duration::from_millis(160), Duration::from_millis(110));
+        let dialer = crate::transport::Dialer::new(None, None).unwrap();
+        let network = crate::raft::network::Network::new(dialer, nudges, Duration::from_millis(50), None);
+        let config = std::sync::Arc::new(openraft::Config::default().validate().unwrap());
+        let raft = crate::raft::Raft::new(1, config, network, log, state_machine).await.unwrap();
+        let members = std::collections::BTreeMap::from([(1, openraft::BasicNode::new("127.0.0.1:1"))]);
+        // Flushes pass freely until the node leads and applied all it appended.
+        let serving = async {
+            raft.initialize(members).await.unwrap();
+            let wait = raft.wait(Some(Duration::from_secs(10)));
+            let applied_all = |m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>| {
+                m.current_leader == Some(1) && m.last_applied.map(|id| id.index) == m.last_log_index
+            };
+            wait.metrics(applied_all, "lead and apply").await.unwrap()
+        };
+        let served = tokio::select! { served = serving => served, () = feed() => unreachable!() };
+        let appended_before = served.last_log_index.unwrap();
+
+        let command = Command::SetLockExpiration { lock_expiration_ms: 1234 };
+        let envelopes: std::sync::Arc<[Envelope]> = vec![Envelope { time_ms: 1, request_id: None, command }].into();
+        let mut write = Box::pin(raft.client_write(envelopes));
+        // openraft's core waits for the flush before it reports metrics
+        // again: see the entry in sled instead.
+        let logs = data_dir.db().open_tree(schema::LOGS).unwrap();
+        let appended = async {
+            while !logs.contains_key(schema::index_key(appended_before + 1)).unwrap() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::select! {
+            _ = &mut write => panic!("answered before its flush"),
+            () = appended => {}
+        }
+        let unflushed = tokio::time::timeout(Duration::from_millis(300), &mut write).await;
+        assert!(unflushed.is_err(), "a write was answered while its entry was not flushed");
+        let applied = raft.metrics().borrow().last_applied.unwrap().index;
+        assert_eq!(applied, appended_before, "nor applied");
+
+        let written = tokio::select! { written = write => written.unwrap(), () = feed() => unreachable!() };
+        assert!(written.log_id.index > appended_before, "committed once flushed");
+        raft.shutdown().await.unwrap();
     }
 }

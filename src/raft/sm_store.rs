@@ -9,7 +9,8 @@
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
+use std::time::Instant;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -23,6 +24,7 @@ use super::sled_schema::{decode, encode};
 use super::snapshot_file::SnapshotFile;
 use super::{Node, NodeId, TypeConfig};
 use crate::state_machine::{Reply, State};
+use crate::store_clock::OfficeAnchor;
 
 type Entry = openraft::Entry<TypeConfig>;
 
@@ -37,10 +39,18 @@ pub struct AppliedState {
     pub state: State,
 }
 
+/// The office anchor a leader's blank entry left: whose blank it was, and
+/// the state's time and apply instant of the entry before it.
+pub type LeaderAnchor = (openraft::CommittedLeaderId<NodeId>, OfficeAnchor);
+
 /// The state machine of one node, shared with the gRPC service for reads.
 #[derive(Clone)]
 pub struct StateMachineStore {
     applied: Arc<RwLock<AppliedState>>,
+    /// When the last entry was applied here (or the state loaded).
+    last_applied_at: Arc<Mutex<Instant>>,
+    /// Set on applying each blank entry (a new leader's first): see [`StoreClock`](crate::store_clock).
+    leader_anchors: Arc<tokio::sync::watch::Sender<Option<LeaderAnchor>>>,
     snapshot_file: SnapshotFile,
     snapshots_built: Arc<AtomicU64>,
     snapshot_bytes: Arc<AtomicU64>,
@@ -63,10 +73,17 @@ impl StateMachineStore {
         };
         Ok(StateMachineStore {
             applied: Arc::new(RwLock::new(applied)),
+            last_applied_at: Arc::new(Mutex::new(Instant::now())),
+            leader_anchors: Arc::new(tokio::sync::watch::Sender::new(None)),
             snapshot_file,
             snapshots_built: Arc::new(AtomicU64::new(0)),
             snapshot_bytes: Arc::new(AtomicU64::new(snapshot_bytes)),
         })
+    }
+
+    /// The anchor of the latest leader whose blank entry was applied here.
+    pub fn leader_anchors(&self) -> tokio::sync::watch::Receiver<Option<LeaderAnchor>> {
+        self.leader_anchors.subscribe()
     }
 
     /// Bytes of the latest snapshot saved (built here or installed from the leader).
@@ -163,7 +180,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             applied.last_applied = Some(entry.log_id);
             let reply = match entry.payload {
-                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Blank => {
+                    let applied_at = *self.last_applied_at.lock().unwrap_or_else(PoisonError::into_inner);
+                    let anchor = OfficeAnchor { store_now_ms: applied.state.now_ms(), applied_at };
+                    self.leader_anchors.send_replace(Some((entry.log_id.leader_id, anchor)));
+                    Vec::new()
+                }
                 EntryPayload::Normal(envelopes) => {
                     envelopes.iter().map(|envelope| applied.state.apply(envelope)).collect()
                 }
@@ -172,6 +194,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     Vec::new()
                 }
             };
+            *self.last_applied_at.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
             replies.push(reply);
         }
         debug_assert!({
@@ -205,6 +228,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         self.save_snapshot(meta, data).await?;
         *self.write() = installed;
+        *self.last_applied_at.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }

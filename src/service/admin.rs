@@ -72,6 +72,8 @@ impl pb::admin_server::Admin for AdminService {
             snapshot_bytes: view.snapshot_bytes,
             resident_memory_bytes: view.resident_memory_bytes,
             disk_bytes: view.disk_bytes,
+            wall_clock_ms: crate::clock::wall_clock_ms(),
+            store_time_ms: self.node.store_time_ms_for_views(),
         }))
     }
 

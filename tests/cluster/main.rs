@@ -13,6 +13,7 @@ mod bad_input;
 mod bench;
 mod bootstrap;
 mod calls;
+mod clock;
 mod conformance_clusters;
 mod early_replication;
 mod failover;

@@ -33,6 +33,10 @@ pub struct Tuning {
     pub metrics: bool,
     /// TLS: a `scripts/gen-certs.sh` directory with `ca.pem` and `node{id}.pem`/`node{id}-key.pem`.
     pub tls_dir: Option<PathBuf>,
+    /// Run every node under libfaketime (Debian's `faketime`), its wall
+    /// clock offset by [`TestCluster::set_clock_offset`]; the monotonic
+    /// clock stays real. Nothing in the product fakes clocks.
+    pub fake_clocks: bool,
 }
 
 impl Default for Tuning {
@@ -44,6 +48,7 @@ impl Default for Tuning {
             auth_token: None,
             metrics: false,
             tls_dir: None,
+            fake_clocks: false,
         }
     }
 }
@@ -89,6 +94,9 @@ pub fn free_port() -> u16 {
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_runner-storage"))
 }
+
+/// Debian's libfaketime (package `faketime`, installed by `scripts/test.sh`).
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 impl TestCluster {
     /// Starts `size` nodes that bootstrap one cluster together.
@@ -164,17 +172,47 @@ impl TestCluster {
         let node = self.nodes.get_mut(&id).expect("known node");
         assert!(node.child.is_none(), "node {id} is already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log_path).expect("open node log");
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .arg("serve")
             .arg("--config")
             .arg(&node.config_path)
             .env("RUST_LOG", std::env::var("NODE_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn runner-storage node");
-        node.child = Some(child);
+            .stderr(log);
+        if self.tuning.fake_clocks {
+            assert!(std::path::Path::new(LIBFAKETIME).exists(), "{LIBFAKETIME} is missing: apt-get install faketime");
+            let offset_file = self.dir.path().join(format!("node{id}.faketime"));
+            if !offset_file.exists() {
+                std::fs::write(&offset_file, "+0\n").expect("write the clock offset file");
+            }
+            command
+                .env("LD_PRELOAD", LIBFAKETIME)
+                .env("FAKETIME_TIMESTAMP_FILE", offset_file)
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                // Reread the offset file at most once a second: without a
+                // cache every clock read would read the file.
+                .env("FAKETIME_CACHE_DURATION", "1");
+        }
+        node.child = Some(command.spawn().expect("spawn runner-storage node"));
+    }
+
+    /// Sets node `id`'s wall clock `offset_s` seconds off the real one
+    /// (needs `Tuning::fake_clocks`) and waits until the node reports it.
+    pub async fn set_clock_offset(&self, id: u64, offset_s: i64) {
+        assert!(self.tuning.fake_clocks, "set_clock_offset needs Tuning::fake_clocks");
+        let offset_file = self.dir.path().join(format!("node{id}.faketime"));
+        std::fs::write(&offset_file, format!("{offset_s:+}\n")).expect("write the clock offset file");
+        let wanted_ms = offset_s * 1000;
+        let what = format!("node {id}'s wall clock offset by {offset_s} s");
+        eventually(&what, Duration::from_secs(10), || async {
+            let Some(status) = self.status(id).await else { return false };
+            let real_ms = runner_storage::clock::wall_clock_ms();
+            let offset_ms = status.wall_clock_ms as i64 - real_ms as i64;
+            (offset_ms - wanted_ms).abs() < 500
+        })
+        .await;
     }
 
     /// Adds a node that joins with no peers (to be added as a learner). Returns its id.
