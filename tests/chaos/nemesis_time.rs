@@ -6,6 +6,12 @@
 //! - `clock-skew`: every voter's clock is set somewhere in `±2 E`, then the
 //!   leader is killed so that a skewed node leads; the skew stays 1–2 s
 //!   after the new leader is up, then every clock is set right.
+//!
+//! Right after a step and after the skewed leader takes office, a *probe*
+//! (an address of its own) asks for every shard of the workload at once and
+//! releases what it got: a store whose time a wall clock pushed past the
+//! holders' stamps hands it locks the runners still hold, which the mutual
+//! exclusion checker flags; a correct store gives it only free shards.
 //! - `pause-holder`: a simulated runner takes two shards of its own,
 //!   refreshes, then stops (as in a GC pause) for longer than `E` while a
 //!   contender keeps trying to take them; then it resumes and refreshes.
@@ -37,6 +43,10 @@ const HOLDER_ADDRESS: &str = "pause-holder.chaos:1";
 const CONTENDER_ADDRESS: &str = "pause-contender.chaos:1";
 /// Attempts of the holder to take its shards at the start.
 const TAKE_ATTEMPTS_MAX: u32 = 20;
+const PROBE_ADDRESS: &str = "clock-probe.chaos:1";
+/// How long after a clock file is rewritten the probe asks: libfaketime
+/// sees the rewrite within ~7 ms, the leader's next stamp follows.
+const PROBE_DELAY: Duration = Duration::from_millis(50);
 /// How often the contender tries while the holder is paused.
 const CONTEND_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -56,10 +66,29 @@ impl Nemesis {
         let offset_ms = STEP_EXPIRATIONS * expiration_ms() * if forward { 1 } else { -1 };
         self.set_offset(target, offset_ms);
         let hold = self.hold(2000, 4000);
-        tokio::time::sleep(hold).await;
+        let probed = self.probe().await;
+        tokio::time::sleep(hold.saturating_sub(PROBE_DELAY)).await;
         self.set_offset(target, 0);
         let role = if target == leader { " (leader)" } else { "" };
-        format!("node {target}{role}: wall clock {offset_ms:+} ms for {hold:?}, then back")
+        format!("node {target}{role}: wall clock {offset_ms:+} ms for {hold:?}, then back; {probed}")
+    }
+
+    /// Asks for every shard of the workload at once and releases what it got.
+    async fn probe(&mut self) -> String {
+        tokio::time::sleep(PROBE_DELAY).await;
+        let recorder = self.recorder.clone();
+        let client = Client::with_deadline(self.endpoints.clone(), CALL_DEADLINE).expect("probe client");
+        let probe =
+            Recorded { recorder: &recorder, client, process: format!("clock-probe-{}", self.serial), gate: None };
+        let shard_ids = crate::workload::WorkloadConfig::standard(0, LOCK_EXPIRATION).shard_ids;
+        let got = match probe.acquire(PROBE_ADDRESS, &shard_ids).await {
+            Ok(got) => got,
+            Err(error) => return format!("probe failed: {error}"),
+        };
+        if !got.is_empty() {
+            let _ = probe.release_all(PROBE_ADDRESS).await;
+        }
+        format!("probe got {} free shards", got.len())
     }
 
     pub(crate) async fn clock_skew(&mut self, leader: u64) -> String {
@@ -74,12 +103,16 @@ impl Nemesis {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let killed = self.kill_for(leader).await;
         let new_leader = self.wait_for_leader().await;
+        let probed = self.probe().await;
         let hold = self.hold(1000, 2000);
         tokio::time::sleep(hold).await;
         for id in voters {
             self.set_offset(id, 0);
         }
-        format!("clocks {}; {killed}; new leader {new_leader:?}, skewed for {hold:?} more", offsets.join(", "))
+        format!(
+            "clocks {}; {killed}; new leader {new_leader:?}, {probed}, skewed for {hold:?} more",
+            offsets.join(", ")
+        )
     }
 
     pub(crate) async fn pause_holder(&mut self) -> String {
