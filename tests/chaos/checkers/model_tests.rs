@@ -156,3 +156,30 @@ fn heartbeat_of_unknown_outcome_may_keep_a_runner_live_indefinitely() {
     let kept = history(vec![acquire(0, "a:1", 0, true), lock_refresh, acquire(2, "b:1", 60_000, false)], None);
     assert_eq!(findings(&kept)[0], 0);
 }
+
+#[test]
+fn a_heartbeat_older_than_real_time_allows_is_flagged() {
+    let runner = |heartbeat_age_ms| ObservedRunner {
+        address: "a:1".into(),
+        runner: "json-a:1".into(),
+        healthy: true,
+        machine_id: 1,
+        heartbeat_age_ms,
+    };
+    let young = observed("final state", 1_000, Vec::new(), vec![runner(990)]);
+    assert_eq!(findings(&history(vec![register(0, "a:1", 0, 1)], Some(young))), [0, 0, 0, 0]);
+    let aged = observed("final state", 1_000, Vec::new(), vec![runner(20_000)]);
+    let [linearizability, _, _, durability] = findings(&history(vec![register(0, "a:1", 0, 1)], Some(aged)));
+    assert_eq!((linearizability, durability), (1, 1));
+}
+
+#[test]
+fn a_sweep_cannot_free_the_id_of_a_runner_that_is_certainly_live() {
+    let sweep = |at_ms| op(1, Call::Unregister { address: "b:1".into() }, at_ms, at_ms + 5, Some(Answer::Done));
+    // 1 s after a's heartbeat store time cannot have aged it past E: its id stays its own.
+    let early = history(vec![register(0, "a:1", 0, 1), sweep(1000), register(2, "c:1", 1100, 1)], None);
+    assert_eq!(findings(&early)[..3], [1, 0, 1]);
+    // 2.5 s after, it may be dead and swept: the id may be handed out again.
+    let late = history(vec![register(0, "a:1", 0, 1), sweep(2500), register(2, "c:1", 2600, 1)], None);
+    assert_eq!(findings(&late), [0, 0, 0, 0]);
+}
