@@ -37,6 +37,14 @@ pub const BACKOFF_INITIAL: Duration = Duration::from_millis(10);
 /// Longest pause between attempts: short, so a client notices a new leader
 /// soon after an election (one that waited 250 ms added that to failovers).
 pub const BACKOFF_MAX: Duration = Duration::from_millis(100);
+/// How long one of the eight calls waits for an answer before the client
+/// also sends it to another node (a hedged request: the first answer wins).
+/// A write carries a request id, so a second placement is answered from the
+/// leader's deduplication table, never applied twice. A leader that stops
+/// answering (paused, cut off) then costs its callers this, not an attempt
+/// timeout: the other node forwards to the new leader once one is elected.
+/// Far above a healthy call's latency (a millisecond; tens under load).
+pub const HEDGE_AFTER: Duration = Duration::from_millis(250);
 
 /// A client of one cluster.
 pub struct Client {
@@ -138,6 +146,27 @@ impl Client {
         }
     }
 
+    /// The endpoint after `endpoint` in the list, if there is another.
+    fn endpoint_after(&self, endpoint: &str) -> Option<String> {
+        let endpoints = lock(&self.endpoints);
+        let index = endpoints.iter().position(|known| known == endpoint)?;
+        let next = &endpoints[(index + 1) % endpoints.len()];
+        (next != endpoint).then(|| next.clone())
+    }
+
+    /// After a success at `endpoint`: calls go there next (a hedged
+    /// attempt's other endpoint may have answered), or to the leader a
+    /// forwarding follower named.
+    fn answered_by<T>(&self, endpoint: &str, response: &tonic::Response<T>) {
+        {
+            let endpoints = lock(&self.endpoints);
+            if let Some(index) = endpoints.iter().position(|known| known == endpoint) {
+                *lock(&self.current) = index;
+            }
+        }
+        self.follow_forwarding_hint(endpoint, response);
+    }
+
     /// After a success at `endpoint` that a follower forwarded: send the
     /// next calls to the leader it named, saving a hop per call.
     fn follow_forwarding_hint<T>(&self, endpoint: &str, response: &tonic::Response<T>) {
@@ -165,7 +194,18 @@ impl Client {
     /// # Errors
     /// The first non-retryable error, or the last retryable one (as
     /// `DeadlineExceeded` when time ran out mid-attempt).
-    pub async fn call<T, F, Fut>(&self, attempt_timeout_max: Duration, mut call: F) -> Result<T>
+    pub async fn call<T, F, Fut>(&self, attempt_timeout_max: Duration, call: F) -> Result<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_with(attempt_timeout_max, false, call).await
+    }
+
+    /// [`Client::call`]; with `hedge`, an attempt unanswered after
+    /// [`HEDGE_AFTER`] also goes to the next endpoint. Only for calls that
+    /// may be placed twice (reads, writes with a request id).
+    async fn call_with<T, F, Fut>(&self, attempt_timeout_max: Duration, hedge: bool, mut call: F) -> Result<T>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
@@ -175,13 +215,13 @@ impl Client {
         loop {
             let endpoint = self.current_endpoint();
             let attempt_timeout = deadline.saturating_duration_since(Instant::now()).min(attempt_timeout_max);
-            let error = match tokio::time::timeout(attempt_timeout, call(self.channel(&endpoint)?)).await {
-                Ok(Ok(response)) => {
-                    self.follow_forwarding_hint(&endpoint, &response);
+            let (endpoint, answered) = self.attempt(&endpoint, attempt_timeout, hedge, &mut call).await;
+            let error = match answered {
+                Ok(response) => {
+                    self.answered_by(&endpoint, &response);
                     return Ok(response.into_inner());
                 }
-                Ok(Err(status)) => self.explain(&endpoint, status),
-                Err(_) => Error::unavailable(format!("no answer from {endpoint} within {attempt_timeout:?}")),
+                Err(error) => error,
             };
             let Error::Unavailable { leader_hint, message } = error else {
                 return Err(error);
@@ -195,6 +235,69 @@ impl Client {
             }
             tokio::time::sleep(jittered(backoff)).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One attempt at `endpoint`, hedged to the next endpoint when asked
+    /// (see [`HEDGE_AFTER`]): the first success wins; a retryable failure
+    /// of one waits for the other. Returns the endpoint that answered, or
+    /// that failed last.
+    async fn attempt<T, F, Fut>(
+        &self,
+        endpoint: &str,
+        timeout: Duration,
+        hedge: bool,
+        call: &mut F,
+    ) -> (String, Result<tonic::Response<T>>)
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        use futures_util::future::{select, Either};
+        let started = Instant::now();
+        let first = match self.channel(endpoint) {
+            Ok(channel) => Box::pin(self.answer_of(endpoint, timeout, call(channel))),
+            Err(error) => return (endpoint.to_owned(), Err(error)),
+        };
+        let hedge_to = self.endpoint_after(endpoint).filter(|_| hedge && timeout > HEDGE_AFTER);
+        let hedge_to = hedge_to.and_then(|other| self.channel(&other).ok().map(|channel| (other, channel)));
+        let Some((other, other_channel)) = hedge_to else {
+            return (endpoint.to_owned(), first.await);
+        };
+        let mut first = first;
+        tokio::select! {
+            answered = &mut first => return (endpoint.to_owned(), answered),
+            () = tokio::time::sleep(HEDGE_AFTER) => {}
+        }
+        let left = timeout.saturating_sub(started.elapsed());
+        let outcome = {
+            let second = Box::pin(self.answer_of(&other, left, call(other_channel)));
+            match select(first, second).await {
+                Either::Left((Ok(response), _)) => (true, Ok(response)),
+                Either::Right((Ok(response), _)) => (false, Ok(response)),
+                Either::Left((Err(error), second)) if is_retryable(&error) => (false, second.await),
+                Either::Right((Err(error), first)) if is_retryable(&error) => (true, first.await),
+                Either::Left((Err(error), _)) => (true, Err(error)),
+                Either::Right((Err(error), _)) => (false, Err(error)),
+            }
+        };
+        match outcome {
+            (true, answered) => (endpoint.to_owned(), answered),
+            (false, answered) => (other, answered),
+        }
+    }
+
+    /// `call`'s answer from `endpoint` within `timeout`, failures explained.
+    async fn answer_of<T>(
+        &self,
+        endpoint: &str,
+        timeout: Duration,
+        call: impl Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<tonic::Response<T>> {
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(status)) => Err(self.explain(endpoint, status)),
+            Err(_) => Err(Error::unavailable(format!("no answer from {endpoint} within {timeout:?}"))),
         }
     }
 
@@ -331,11 +434,13 @@ impl Client {
         F: Fn(RunnerStorageClient<Channel>, tonic::Request<M>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.request_call(message, ATTEMPT_TIMEOUT, |channel, request| {
+        // Hedged: the eight calls are reads or writes with a request id.
+        let attempt_timeout = ATTEMPT_TIMEOUT;
+        self.call_with(attempt_timeout, true, |channel| {
             let client = RunnerStorageClient::new(channel)
                 .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
-            send(client, request)
+            send(client, self.request(message.clone(), attempt_timeout))
         })
         .await
     }
@@ -349,6 +454,11 @@ impl Client {
         self.dialer.authorize(&mut request);
         request
     }
+}
+
+/// Whether a failed attempt may succeed elsewhere.
+fn is_retryable(error: &Error) -> bool {
+    matches!(error, Error::Unavailable { .. })
 }
 
 /// A pause drawn between half of `backoff` and all of it: clients that

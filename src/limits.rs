@@ -219,5 +219,10 @@ pub const SHUTDOWN_RAFT_MAX: std::time::Duration = std::time::Duration::from_mil
 /// as long as the partition lasts, and its callers should soon try another.
 pub const NO_LEADER_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// Longest a write or read waits for Raft (commit, or the read barrier)
+/// before answering `UNAVAILABLE`. A leader that lost its quorum answers
+/// sooner (`raft::quorum`); this bounds everything else.
+pub const RAFT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Attempts a node makes to place one call while it waits for a leader.
 pub const LEADER_WAIT_ATTEMPTS_MAX: usize = 4;

@@ -19,6 +19,7 @@ use openraft::{BasicNode, ChangeMembers, ServerState};
 use crate::clock::wall_clock_ms;
 use crate::config::NodeConfig;
 use crate::error::Error;
+use crate::limits::RAFT_CALL_TIMEOUT;
 use crate::model::RequestId;
 use crate::proposer::{Proposer, Refused};
 use crate::raft::data_dir::{DataDir, Durability};
@@ -33,11 +34,6 @@ use crate::read_barrier::{BarrierOutcome, ReadBarrier};
 use crate::service::forward::Forwarder;
 use crate::state_machine::{Command, Envelope, Reply, State};
 use crate::store_clock::StoreClock;
-
-/// Longest a write or read waits for Raft (commit, or the read barrier)
-/// before answering `UNAVAILABLE`: an isolated leader cannot commit, and the
-/// client should try elsewhere rather than wait for the partition to heal.
-pub const RAFT_CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why a call was not answered here.
 #[derive(Debug)]
@@ -73,6 +69,9 @@ pub struct Node {
     proposer: Proposer,
     /// Coalesces concurrent reads' barrier rounds.
     read_barrier: ReadBarrier,
+    /// A leader that heard from no quorum for longer refuses calls
+    /// (`raft::quorum`): `election_timeout_max + election_timeout_min`.
+    quorum_timeout: Duration,
     /// Call counters and latencies, rendered for Prometheus.
     pub metrics: crate::metrics::Metrics,
     committed_index: Arc<AtomicU64>,
@@ -179,7 +178,8 @@ impl Node {
         let leader_anchors = state_machine.leader_anchors();
         let forwarder = Forwarder::new(dialer);
         let metrics = crate::metrics::Metrics::new();
-        let proposer = Proposer::start(raft.clone());
+        let quorum_timeout = lease + election_timeout_min;
+        let proposer = Proposer::start(raft.clone(), quorum_timeout);
         // Half of openraft's leader lease (followers refuse other candidates for
         // election_timeout_max after our last acknowledged heartbeat).
         let read_barrier = ReadBarrier::new(lease / 2);
@@ -190,6 +190,7 @@ impl Node {
             forwarder,
             election_nudges,
             read_barrier,
+            quorum_timeout,
             proposer,
             metrics,
             committed_index,
@@ -321,6 +322,7 @@ impl Node {
         if let Some(request_id) = &request_id {
             request_id.validate()?;
         }
+        self.refuse_without_quorum()?;
         let envelope = Envelope { time_ms: self.store_now_ms().await?, request_id, command };
         match self.proposer.propose(envelope).await {
             Ok(reply) => Ok(reply.into_result()?),
@@ -339,9 +341,14 @@ impl Node {
             let applied = self.state_machine.read();
             return Ok(read(&applied.state, applied.state.now_ms().max(wall_clock_ms())));
         }
-        let barrier = tokio::time::timeout(RAFT_CALL_TIMEOUT, self.read_barrier.pass(&self.raft))
-            .await
-            .map_err(|_| Error::unavailable("the read barrier did not pass in time (no quorum?)"))?;
+        self.refuse_without_quorum()?;
+        let barrier = tokio::select! {
+            passed = tokio::time::timeout(RAFT_CALL_TIMEOUT, self.read_barrier.pass(&self.raft)) => passed
+                .map_err(|_| Error::unavailable("the read barrier did not pass in time (no quorum?)"))?,
+            lost = crate::raft::quorum::lost(&self.raft, self.quorum_timeout) => {
+                return Err(Error::unavailable(crate::raft::quorum::refusal(lost)).into());
+            }
+        };
         match barrier {
             BarrierOutcome::Passed => {
                 let store_now_ms = self.store_now_ms().await?;
@@ -350,6 +357,15 @@ impl Node {
             }
             BarrierOutcome::NotLeader(leader_address) => Err(CallError::NotLeader { leader_address }),
             BarrierOutcome::Failed(reason) => Err(Error::unavailable(reason).into()),
+        }
+    }
+
+    /// `Unavailable` when this node leads but heard from no quorum for
+    /// longer than its quorum timeout (`raft::quorum`).
+    fn refuse_without_quorum(&self) -> Result<(), Error> {
+        match crate::raft::quorum::lost_for(&self.raft.metrics().borrow(), self.quorum_timeout) {
+            Some(lost) => Err(Error::unavailable(crate::raft::quorum::refusal(lost))),
+            None => Ok(()),
         }
     }
 

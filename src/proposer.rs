@@ -9,10 +9,13 @@
 //! been an entry of its own.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::limits::{PROPOSALS_IN_FLIGHT_MAX, PROPOSAL_BYTES_MAX, PROPOSAL_ENVELOPES_MAX, PROPOSAL_QUEUE_MAX};
+use crate::limits::{
+    PROPOSALS_IN_FLIGHT_MAX, PROPOSAL_BYTES_MAX, PROPOSAL_ENVELOPES_MAX, PROPOSAL_QUEUE_MAX, RAFT_CALL_TIMEOUT,
+};
 use crate::raft::Raft;
 use crate::state_machine::{Command, Envelope, Reply};
 
@@ -37,10 +40,12 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// Starts the batching task for `raft`.
-    pub fn start(raft: Raft) -> Self {
+    /// Starts the batching task for `raft`: a batch still uncommitted when
+    /// the leader has heard from no quorum for longer than `quorum_timeout`
+    /// is answered `UNAVAILABLE` (`raft::quorum`).
+    pub fn start(raft: Raft, quorum_timeout: Duration) -> Self {
         let (queue, pending) = mpsc::channel(PROPOSAL_QUEUE_MAX);
-        tokio::spawn(run(raft, pending));
+        tokio::spawn(run(raft, pending, quorum_timeout));
         Proposer { queue }
     }
 
@@ -73,7 +78,7 @@ pub fn approximate_bytes(command: &Command) -> usize {
     strings + 4 * FRAMING_BYTES
 }
 
-async fn run(raft: Raft, mut queue: mpsc::Receiver<Pending>) {
+async fn run(raft: Raft, mut queue: mpsc::Receiver<Pending>, quorum_timeout: Duration) {
     let in_flight = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
     while let Some(first) = queue.recv().await {
         let mut bytes = approximate_bytes(&first.envelope.command);
@@ -88,16 +93,25 @@ async fn run(raft: Raft, mut queue: mpsc::Receiver<Pending>) {
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
         let raft = raft.clone();
         tokio::spawn(async move {
-            propose_batch(&raft, batch).await;
+            propose_batch(&raft, batch, quorum_timeout).await;
             drop(permit);
         });
     }
 }
 
-async fn propose_batch(raft: &Raft, batch: Vec<Pending>) {
+async fn propose_batch(raft: &Raft, batch: Vec<Pending>, quorum_timeout: Duration) {
     use openraft::error::{ClientWriteError, RaftError};
     let (envelopes, replies): (Vec<Envelope>, Vec<_>) = batch.into_iter().map(|p| (p.envelope, p.reply)).unzip();
-    let written = tokio::time::timeout(crate::node::RAFT_CALL_TIMEOUT, raft.client_write(envelopes.into())).await;
+    let written = tokio::select! {
+        written = tokio::time::timeout(RAFT_CALL_TIMEOUT, raft.client_write(envelopes.into())) => written,
+        lost = crate::raft::quorum::lost(raft, quorum_timeout) => {
+            let reason = format!("{}; the write's outcome is unknown", crate::raft::quorum::refusal(lost));
+            for reply in replies {
+                let _ = reply.send(Err(Refused::Unavailable(reason.clone())));
+            }
+            return;
+        }
+    };
     let outcome = match written {
         Ok(Ok(response)) if response.data.len() == replies.len() => {
             for (reply, answer) in replies.into_iter().zip(response.data) {

@@ -5,6 +5,7 @@
 //! - [`log_store`]: the Raft log, vote and markers in sled, group-committed.
 //! - [`sm_store`]: applies entries to the pure state machine; snapshots.
 //! - [`network`]: the client side of Raft RPCs to peers (tonic).
+//! - [`quorum`]: whether a leader still hears from a quorum.
 //! - [`server`]: the server side of Raft RPCs from peers (tonic).
 //! - [`append_stream`]: replication over one gRPC stream per session.
 //! - [`early_replication`]: the leader sends entries while its flush runs.
@@ -18,6 +19,7 @@ pub mod early_replication;
 pub mod election;
 pub mod log_store;
 pub mod network;
+pub mod quorum;
 pub mod recent_entries;
 pub mod server;
 pub mod sled_schema;

@@ -177,9 +177,20 @@ where
         let channel = node.forwarder.channel(&leader_address).map_err(status::to_status)?;
         // What is left of the caller's deadline, after any wait for a leader.
         let remaining = timeout.map(|t| t.saturating_sub(received.elapsed()));
-        let status = match forward(channel, node.forwarder.request(message.clone(), remaining)).await {
-            Ok(response) => return Ok(with_leader_hint(response, &leader_address)),
-            Err(status) => status,
+        let forwarded = forward(channel, node.forwarder.request(message.clone(), remaining));
+        // A leader that stops answering (paused, partitioned) holds the call
+        // until the caller gives up. As soon as this node knows another
+        // leader, place the call there, when placing it twice does no harm.
+        let replaceable = may_wait && message.may_place_again();
+        let status = tokio::select! {
+            answered = forwarded => match answered {
+                Ok(response) => return Ok(with_leader_hint(response, &leader_address)),
+                Err(status) => status,
+            },
+            true = node.wait_for_leader(Some(&leader_address), hold_until), if replaceable => {
+                tracing::debug!(leader = %leader_address, "a new leader was elected during the forward; placing it there");
+                continue;
+            }
         };
         // A leader that refused the connection never saw the call: it died,
         // and an election is under way. Hold the call for the next leader

@@ -162,3 +162,66 @@ async fn a_stopping_leader_exits_despite_a_stuck_call_and_the_others_take_over()
     let address = "stuck-call:1";
     client.register(address, &runner_json("stuck-call", 1), true).await.expect("a write after the leader stopped");
 }
+
+/// A leader whose followers stopped answering (frozen: its connections stay
+/// open) cannot commit. Past its quorum timeout it says so at once, without
+/// a leader hint, instead of holding the call for the Raft timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_lost_its_quorum_refuses_calls_saying_why() {
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let uri = format!("http://{}", cluster.address(leader));
+    let channel = Channel::from_shared(uri).expect("an endpoint URI").connect().await.expect("connect");
+    let mut one_attempt = RunnerStorageClient::new(channel);
+    for id in &followers {
+        cluster.pause(*id);
+    }
+    let request = pb::RegisterRequest {
+        address: "cut-off:1".into(),
+        runner: runner_json("cut-off", 1),
+        healthy: true,
+        request_id: None,
+    };
+    let refused = one_attempt.register(request).await.expect_err("a leader without a quorum cannot commit");
+    let reads = one_attempt.get_runners(pb::GetRunnersRequest {}).await.expect_err("nor pass a read barrier");
+    for id in &followers {
+        cluster.resume(*id);
+    }
+    for status in [refused, reads] {
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("heard from no quorum"), "the refusal says why: {}", status.message());
+        assert!(status.metadata().get("x-runner-storage-leader").is_none(), "and names no leader: {status:?}");
+    }
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    cluster.client().register("after:1", &runner_json("after", 1), true).await.expect("writes again once healed");
+}
+
+/// A paused leader (SIGSTOP: connections open, nothing answered) must not
+/// hold its callers until their attempt timeout: the client hedges the call
+/// to another node, which forwards it to the new leader as soon as one is
+/// elected. The call completes while the old leader is still paused, within
+/// a deadline shorter than one attempt timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_a_paused_leader_completes_with_the_new_leader() {
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let deadline = runner_storage::client::ATTEMPT_TIMEOUT - std::time::Duration::from_secs(1);
+    let options = runner_storage::client::ClientOptions { call_deadline: deadline, ..Default::default() };
+    let mut endpoints = vec![cluster.address(leader)];
+    endpoints.extend((1..=3).filter(|id| *id != leader).map(|id| cluster.address(id)));
+    let client = runner_storage::client::Client::with_options(endpoints, options).unwrap();
+    client.register("before:1", &runner_json("before", 1), true).await.expect("the leader answers");
+    cluster.pause(leader);
+    let written = client.register("paused:1", &runner_json("paused", 1), true).await;
+    let machine_ids: Vec<i64> = match &written {
+        Ok(id) => vec![*id],
+        Err(_) => Vec::new(),
+    };
+    cluster.resume(leader);
+    assert!(written.is_ok(), "a call to the paused leader failed within {deadline:?}: {written:?}");
+    let new_leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    assert_ne!(new_leader, leader, "another node was elected while the leader was paused");
+    let runners = cluster.client().get_runners().await.unwrap();
+    assert_eq!(runners.len(), 2, "both registrations are there once: {runners:?} (machine id {machine_ids:?})");
+}

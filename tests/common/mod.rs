@@ -250,6 +250,19 @@ impl TestCluster {
         }
     }
 
+    /// SIGSTOP: the process stops answering, its connections stay open
+    /// (as a node in a long GC pause or a frozen VM).
+    pub fn pause(&self, id: u64) {
+        let child = self.nodes[&id].child.as_ref().expect("a running node");
+        signal(child, "STOP");
+    }
+
+    /// SIGCONT after [`TestCluster::pause`].
+    pub fn resume(&self, id: u64) {
+        let child = self.nodes[&id].child.as_ref().expect("a running node");
+        signal(child, "CONT");
+    }
+
     pub fn address(&self, id: u64) -> String {
         self.nodes[&id].address.clone()
     }
