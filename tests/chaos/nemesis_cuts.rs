@@ -1,12 +1,15 @@
 //! Power cuts: `power-cut-node` (one node, usually the leader) and
 //! `power-cut-all` (every voter at once, a rack losing power).
 //!
-//! Around each cut the workload is held ([`crate::gate::Gate`]: the calls in
-//! flight get [`GATE_DRAIN_MAX`] to end), then a *witness* writes (a fresh
-//! runner registers and takes a shard of its own) so that every cut follows
-//! an acknowledged write by milliseconds, then the nodes lose power (SIGKILL,
-//! the powerfs mount cut, torn half the time), stay off a moment and start
-//! again. Once a leader is back the whole state is read through the
+//! Around each cut the workload is held ([`crate::gate::Gate`]: no call
+//! starts). Half the cuts are *quiet*: the calls in flight get
+//! [`GATE_DRAIN_MAX`] to end, then a *witness* writes (a fresh runner
+//! registers and takes a shard of its own) so that the cut follows an
+//! acknowledged write by milliseconds. The other half strike *busy*, at
+//! once, while calls are in flight (their appends half written: what a
+//! tear tears; those calls end after the restart, ok or unknown). Then the
+//! nodes lose power (SIGKILL, the powerfs mount cut, torn half the time),
+//! stay off a moment and start again. Once a leader is back the whole state is read through the
 //! cluster (`Inspect.ListRunners`, `Inspect.ListLocks`) and recorded as an
 //! observation, which the checkers hold to every write acknowledged before
 //! it; only then does the workload go on. Writes after a restart would
@@ -23,6 +26,8 @@ use crate::workload::{runner_json, Recorded, CALL_DEADLINE};
 
 /// Longest the calls in flight get to end once the gate closed.
 pub const GATE_DRAIN_MAX: Duration = Duration::from_secs(3);
+/// How likely a cut waits for the calls in flight and follows a witness's writes.
+const QUIET_PROBABILITY: f64 = 0.5;
 /// How likely a cut tears the last unsynced write.
 const TEAR_PROBABILITY: f64 = 0.5;
 /// How likely `power-cut-node` picks the leader.
@@ -43,8 +48,9 @@ impl Nemesis {
     }
 
     async fn around_cut(&mut self, targets: &[u64], kind: &str) -> String {
-        let still_running = self.gate.close(GATE_DRAIN_MAX).await;
-        let witness = self.witness_writes().await;
+        let quiet = self.rng.gen_bool(QUIET_PROBABILITY);
+        let still_running = self.gate.close(if quiet { GATE_DRAIN_MAX } else { Duration::ZERO }).await;
+        let witness = if quiet { self.witness_writes().await } else { "none (a busy cut)".into() };
         let tear: Option<u64> = self.rng.gen_bool(TEAR_PROBABILITY).then(|| self.rng.gen());
         let lost: Vec<String> =
             self.act(|lab| targets.iter().map(|id| format!("node {id}: {}", lab.power_cut(*id, tear))).collect());
