@@ -17,7 +17,12 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use runner_storage::model::RequestId;
-use runner_storage::state_machine::{Caps, Command, Envelope, Reply, ShardIdText, State};
+use runner_storage::state_machine::{Caps, Command, Envelope, Namespace, Reply, ShardIdText, State, DEFAULT_NAMESPACE};
+
+/// The default namespace, where every bench runs.
+fn default_namespace(state: &State) -> &Namespace {
+    state.namespace(DEFAULT_NAMESPACE).expect("the bench filled the default namespace")
+}
 
 /// Runs of each measurement; the median is reported.
 const RUNS: usize = 3;
@@ -49,6 +54,7 @@ fn register(state: &mut State, runner: usize, time_ms: u64) {
     let (host, port) = address.rsplit_once(':').expect("host:port");
     let runner = format!(r#"{{"address":{{"host":"{host}","port":{port}}},"groups":["default"],"weight":1}}"#);
     let reply = state.apply(&Envelope {
+        namespace: DEFAULT_NAMESPACE.into(),
         time_ms,
         request_id: None,
         command: Command::Register { address, runner, healthy: true },
@@ -123,6 +129,7 @@ fn run_acquires(addresses: &[String], shard_ids: &[ShardIdText]) -> (Duration, V
                 let (runner, shard, time_ms) = acquire_plan(index);
                 let shard_ids = vec![shard_ids[shard].clone()];
                 Envelope {
+                    namespace: DEFAULT_NAMESPACE.into(),
                     time_ms,
                     request_id: None,
                     command: Command::Acquire { address: addresses[runner].clone(), shard_ids },
@@ -135,7 +142,7 @@ fn run_acquires(addresses: &[String], shard_ids: &[ShardIdText]) -> (Duration, V
         }
         elapsed += started.elapsed();
     }
-    assert_eq!(state.locks().len(), ACQUIRE_SHARDS, "every shard has a record");
+    assert_eq!(default_namespace(&state).locks().len(), ACQUIRE_SHARDS, "every shard has a record");
     (elapsed, successes)
 }
 
@@ -178,6 +185,7 @@ fn register_envelope(index: usize) -> Envelope {
     let runner_json = format!(r#"{{"address":{{"host":"{host}","port":{port}}},"groups":["default"],"weight":1}}"#);
     let request_id = RequestId { client_id: format!("client-{runner}"), sequence: (index / REGISTER_RUNNERS) as u64 };
     Envelope {
+        namespace: DEFAULT_NAMESPACE.into(),
         time_ms: (index / REGISTER_RUNNERS) as u64,
         request_id: Some(request_id),
         command: Command::Register { address, runner: runner_json, healthy: true },
@@ -201,7 +209,7 @@ fn run_registers() -> (Duration, Duration) {
         }
         applying += started.elapsed();
     }
-    assert_eq!(state.runners().len(), REGISTER_RUNNERS, "every runner has a record");
+    assert_eq!(default_namespace(&state).runners().len(), REGISTER_RUNNERS, "every runner has a record");
     (applying, validating)
 }
 
@@ -227,14 +235,14 @@ fn bench_get_runners() {
             register(&mut state, runner, 0);
         }
         let setup = started.elapsed();
-        assert_eq!(state.get_runners(1).len(), runners, "every runner is live");
+        assert_eq!(state.get_runners(DEFAULT_NAMESPACE, 1).len(), runners, "every runner is live");
         // Enough calls for ~10^7 runners read per sample.
         let calls = (10_000_000 / runners).max(10);
         let samples = (0..RUNS)
             .map(|_| {
                 let started = Instant::now();
                 for _ in 0..calls {
-                    black_box(state.get_runners(black_box(1)));
+                    black_box(state.get_runners(DEFAULT_NAMESPACE, black_box(1)));
                 }
                 started.elapsed() / calls as u32
             })
@@ -261,9 +269,9 @@ fn bench_snapshot() {
         register(&mut state, runner, 0);
         let shard_ids = (0..SNAPSHOT_LOCKS_PER_RUNNER).map(|i| format!("default:{}", runner * 3 + i).into()).collect();
         let command = Command::Acquire { address: address(runner), shard_ids };
-        state.apply(&Envelope { time_ms: 0, request_id: None, command });
+        state.apply(&Envelope { namespace: DEFAULT_NAMESPACE.into(), time_ms: 0, request_id: None, command });
     }
-    assert_eq!(state.locks().len(), SNAPSHOT_RUNNERS * SNAPSHOT_LOCKS_PER_RUNNER);
+    assert_eq!(default_namespace(&state).locks().len(), SNAPSHOT_RUNNERS * SNAPSHOT_LOCKS_PER_RUNNER);
     let resident_growth = runner_storage::metrics::resident_memory_bytes().saturating_sub(resident_before);
     println!(
         "state of {SNAPSHOT_RUNNERS} runners + {} locks: resident memory grew {:.1} MiB",

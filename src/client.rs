@@ -56,6 +56,8 @@ pub struct Client {
     next_sequence: AtomicU64,
     call_deadline: Duration,
     dialer: Dialer,
+    /// The namespace every call acts in (`""`: the default one).
+    namespace: String,
 }
 
 /// How a [`Client`] reaches the cluster.
@@ -65,11 +67,13 @@ pub struct ClientOptions {
     pub call_deadline: Duration,
     /// TLS and bearer token (plaintext, no token by default).
     pub dialer: Dialer,
+    /// The namespace every call acts in (`""` or `"default"`: the default one).
+    pub namespace: String,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        ClientOptions { call_deadline: CALL_DEADLINE_DEFAULT, dialer: Dialer::default() }
+        ClientOptions { call_deadline: CALL_DEADLINE_DEFAULT, dialer: Dialer::default(), namespace: String::new() }
     }
 }
 
@@ -95,7 +99,8 @@ impl Client {
     /// # Errors
     /// As [`Client::new`].
     pub fn with_options(endpoints: Vec<String>, options: ClientOptions) -> Result<Self> {
-        let ClientOptions { call_deadline, dialer } = options;
+        let ClientOptions { call_deadline, dialer, namespace } = options;
+        crate::state_machine::validate_namespace(&crate::state_machine::namespace_or_default(&namespace))?;
         if endpoints.is_empty() {
             return Err(Error::InvalidArgument("endpoints is empty".into()));
         }
@@ -112,6 +117,7 @@ impl Client {
             next_sequence: AtomicU64::new(1),
             call_deadline,
             dialer,
+            namespace,
         })
     }
 
@@ -333,21 +339,55 @@ impl Client {
     /// When the node does not answer.
     pub async fn status_of(&self, endpoint: &str) -> Result<pb::StatusResponse> {
         let mut admin = pb::admin_client::AdminClient::new(self.channel(endpoint)?);
-        let request = self.request(pb::StatusRequest {}, ATTEMPT_TIMEOUT);
+        let request = self.request(pb::StatusRequest { namespace: self.namespace.clone() }, ATTEMPT_TIMEOUT);
         admin.status(request).await.map(tonic::Response::into_inner).map_err(|status| self.explain(endpoint, status))
     }
 
-    /// Sets the cluster-wide lock expiration.
+    /// Sets the lock expiration of this client's namespace.
     ///
     /// # Errors
     /// As [`Client::call`].
     pub async fn set_lock_expiration(&self, lock_expiration_ms: u64) -> Result<()> {
-        let message = pb::SetLockExpirationRequest { lock_expiration_ms };
+        let message = pb::SetLockExpirationRequest { lock_expiration_ms, namespace: self.namespace.clone() };
         self.request_call(message, ATTEMPT_TIMEOUT, |channel, request| async move {
             pb::admin_client::AdminClient::new(channel).set_lock_expiration(request).await
         })
         .await
         .map(|_| ())
+    }
+
+    /// Makes this client's namespace run with `lock_expiration_ms` unless it
+    /// was set before to another value (then only with `take_over`);
+    /// answers `(E in force, whether it had been set)`.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn ensure_lock_expiration(&self, lock_expiration_ms: u64, take_over: bool) -> Result<(u64, bool)> {
+        let message = pb::EnsureLockExpirationRequest {
+            lock_expiration_ms,
+            take_over,
+            namespace: self.namespace.clone(),
+            request_id: self.request_id(),
+        };
+        let answer = self
+            .request_call(message, ATTEMPT_TIMEOUT, |channel, request| async move {
+                pb::admin_client::AdminClient::new(channel).ensure_lock_expiration(request).await
+            })
+            .await?;
+        Ok((answer.lock_expiration_ms, answer.previously_set))
+    }
+
+    /// Every namespace with its `E` and counts, on the leader after a read barrier.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn list_namespaces(&self) -> Result<Vec<pb::NamespaceInfo>> {
+        let answer = self
+            .request_call(pb::ListNamespacesRequest {}, ATTEMPT_TIMEOUT, |channel, request| async move {
+                pb::admin_client::AdminClient::new(channel).list_namespaces(request).await
+            })
+            .await?;
+        Ok(answer.namespaces)
     }
 
     /// Adds a node as a learner and waits until it caught up (which may
@@ -384,7 +424,8 @@ impl Client {
     /// # Errors
     /// As [`Client::call`].
     pub async fn list_runners(&self) -> Result<admin_pb::ListRunnersResponse> {
-        self.request_call(admin_pb::ListRunnersRequest {}, ATTEMPT_TIMEOUT, |channel, request| async move {
+        let message = admin_pb::ListRunnersRequest { namespace: self.namespace.clone() };
+        self.request_call(message, ATTEMPT_TIMEOUT, |channel, request| async move {
             admin_pb::inspect_client::InspectClient::new(channel)
                 .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
                 .list_runners(request)
@@ -398,7 +439,11 @@ impl Client {
     /// # Errors
     /// As [`Client::call`].
     pub async fn list_locks(&self, group: &str, address: &str) -> Result<admin_pb::ListLocksResponse> {
-        let message = admin_pb::ListLocksRequest { group: group.to_owned(), address: address.to_owned() };
+        let message = admin_pb::ListLocksRequest {
+            group: group.to_owned(),
+            address: address.to_owned(),
+            namespace: self.namespace.clone(),
+        };
         self.request_call(message, ATTEMPT_TIMEOUT, |channel, request| async move {
             admin_pb::inspect_client::InspectClient::new(channel)
                 .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
@@ -476,13 +521,17 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[async_trait]
 impl Encoded for Client {
     async fn get_runners(&self) -> Result<Vec<(String, bool)>> {
-        let response =
-            self.runner_call(pb::GetRunnersRequest {}, |mut c, r| async move { c.get_runners(r).await }).await?;
+        let response = self
+            .runner_call(pb::GetRunnersRequest { namespace: self.namespace.clone() }, |mut c, r| async move {
+                c.get_runners(r).await
+            })
+            .await?;
         Ok(response.runners.into_iter().map(|entry| (entry.runner, entry.healthy)).collect())
     }
 
     async fn register(&self, address: &str, runner: &str, healthy: bool) -> Result<i64> {
         let message = pb::RegisterRequest {
+            namespace: self.namespace.clone(),
             address: address.into(),
             runner: runner.into(),
             healthy,
@@ -492,17 +541,27 @@ impl Encoded for Client {
     }
 
     async fn unregister(&self, address: &str) -> Result<()> {
-        let message = pb::UnregisterRequest { address: address.into(), request_id: self.request_id() };
+        let message = pb::UnregisterRequest {
+            namespace: self.namespace.clone(),
+            address: address.into(),
+            request_id: self.request_id(),
+        };
         self.runner_call(message, |mut c, r| async move { c.unregister(r).await }).await.map(|_| ())
     }
 
     async fn set_runner_health(&self, address: &str, healthy: bool) -> Result<()> {
-        let message = pb::SetRunnerHealthRequest { address: address.into(), healthy, request_id: self.request_id() };
+        let message = pb::SetRunnerHealthRequest {
+            namespace: self.namespace.clone(),
+            address: address.into(),
+            healthy,
+            request_id: self.request_id(),
+        };
         self.runner_call(message, |mut c, r| async move { c.set_runner_health(r).await }).await.map(|_| ())
     }
 
     async fn acquire(&self, address: &str, shard_ids: &[String]) -> Result<Vec<String>> {
         let message = pb::AcquireRequest {
+            namespace: self.namespace.clone(),
             address: address.into(),
             shard_ids: shard_ids.to_vec(),
             request_id: self.request_id(),
@@ -512,6 +571,7 @@ impl Encoded for Client {
 
     async fn refresh(&self, address: &str, shard_ids: &[String]) -> Result<Vec<String>> {
         let message = pb::RefreshRequest {
+            namespace: self.namespace.clone(),
             address: address.into(),
             shard_ids: shard_ids.to_vec(),
             request_id: self.request_id(),
@@ -520,13 +580,21 @@ impl Encoded for Client {
     }
 
     async fn release(&self, address: &str, shard_id: &str) -> Result<()> {
-        let message =
-            pb::ReleaseRequest { address: address.into(), shard_id: shard_id.into(), request_id: self.request_id() };
+        let message = pb::ReleaseRequest {
+            namespace: self.namespace.clone(),
+            address: address.into(),
+            shard_id: shard_id.into(),
+            request_id: self.request_id(),
+        };
         self.runner_call(message, |mut c, r| async move { c.release(r).await }).await.map(|_| ())
     }
 
     async fn release_all(&self, address: &str) -> Result<()> {
-        let message = pb::ReleaseAllRequest { address: address.into(), request_id: self.request_id() };
+        let message = pb::ReleaseAllRequest {
+            namespace: self.namespace.clone(),
+            address: address.into(),
+            request_id: self.request_id(),
+        };
         self.runner_call(message, |mut c, r| async move { c.release_all(r).await }).await.map(|_| ())
     }
 }

@@ -7,6 +7,14 @@
 /// Longest runner address (`host:port`) in bytes; longer is `INVALID_ARGUMENT` (SPEC §6).
 pub const ADDRESS_BYTES_MAX: usize = 255;
 
+/// Longest namespace name in bytes; longer is `INVALID_ARGUMENT` (SPEC §3).
+pub const NAMESPACE_BYTES_MAX: usize = 255;
+
+/// Most namespaces that hold records or settings at once; a write that
+/// would make one more is `RESOURCE_EXHAUSTED`. Each costs a few hundred
+/// bytes empty; the bound keeps a flood of names from growing the state.
+pub const NAMESPACES_MAX: usize = 1024;
+
 /// Longest shard id (`group:id`) in bytes; longer is `INVALID_ARGUMENT` (SPEC §6).
 pub const SHARD_ID_BYTES_MAX: usize = 255;
 

@@ -12,9 +12,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use crate::clock::wall_clock_ms;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::interface::Encoded;
-use crate::state_machine::{shard_id_texts, Command, Envelope, Reply, State};
+use crate::state_machine::{shard_id_texts, Command, Envelope, Reply, State, DEFAULT_NAMESPACE};
 use crate::store_clock::{OfficeAnchor, StoreClock};
 
 /// The one term a memory store's clock is in office for.
@@ -54,7 +54,7 @@ impl MemoryRunnerStorage {
     /// # Errors
     /// The state machine's refusal, as an [`Error`].
     pub fn write(&self, command: Command) -> Result<Reply> {
-        let envelope = Envelope { time_ms: self.now_ms(), request_id: None, command };
+        let envelope = Envelope::new(self.now_ms(), command);
         self.lock().apply(&envelope).into_result()
     }
 
@@ -70,46 +70,15 @@ impl MemoryRunnerStorage {
     }
 }
 
-fn unexpected(reply: Reply) -> Error {
-    Error::Storage { message: format!("unexpected reply {reply:?}"), cause: None }
-}
-
-/// Shapes the state machine's replies into the answers of the eight calls;
-/// shared by every [`Encoded`] that applies commands.
-pub(crate) mod replies {
-    use super::*;
-
-    pub(crate) fn machine_id(reply: Reply) -> Result<i64> {
-        match reply {
-            Reply::MachineId(id) => Ok(id),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    pub(crate) fn shard_ids(reply: Reply) -> Result<Vec<String>> {
-        match reply {
-            Reply::ShardIds(ids) => Ok(ids.into_iter().map(String::from).collect()),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    pub(crate) fn done(reply: Reply) -> Result<()> {
-        match reply {
-            Reply::Done => Ok(()),
-            other => Err(unexpected(other)),
-        }
-    }
-}
-
 #[async_trait]
 impl Encoded for MemoryRunnerStorage {
     async fn get_runners(&self) -> Result<Vec<(String, bool)>> {
         let now_ms = self.now_ms();
-        Ok(self.read(|state| state.get_runners(now_ms)))
+        Ok(self.read(|state| state.get_runners(DEFAULT_NAMESPACE, now_ms)))
     }
 
     async fn register(&self, address: &str, runner: &str, healthy: bool) -> Result<i64> {
-        replies::machine_id(self.write(Command::Register {
+        Reply::into_machine_id(self.write(Command::Register {
             address: address.into(),
             runner: runner.into(),
             healthy,
@@ -117,30 +86,30 @@ impl Encoded for MemoryRunnerStorage {
     }
 
     async fn unregister(&self, address: &str) -> Result<()> {
-        replies::done(self.write(Command::Unregister { address: address.into() })?)
+        Reply::into_done(self.write(Command::Unregister { address: address.into() })?)
     }
 
     async fn set_runner_health(&self, address: &str, healthy: bool) -> Result<()> {
-        replies::done(self.write(Command::SetRunnerHealth { address: address.into(), healthy })?)
+        Reply::into_done(self.write(Command::SetRunnerHealth { address: address.into(), healthy })?)
     }
 
     async fn acquire(&self, address: &str, shard_ids: &[String]) -> Result<Vec<String>> {
-        replies::shard_ids(
+        Reply::into_shard_ids(
             self.write(Command::Acquire { address: address.into(), shard_ids: shard_id_texts(shard_ids) })?,
         )
     }
 
     async fn refresh(&self, address: &str, shard_ids: &[String]) -> Result<Vec<String>> {
-        replies::shard_ids(
+        Reply::into_shard_ids(
             self.write(Command::Refresh { address: address.into(), shard_ids: shard_id_texts(shard_ids) })?,
         )
     }
 
     async fn release(&self, address: &str, shard_id: &str) -> Result<()> {
-        replies::done(self.write(Command::Release { address: address.into(), shard_id: shard_id.into() })?)
+        Reply::into_done(self.write(Command::Release { address: address.into(), shard_id: shard_id.into() })?)
     }
 
     async fn release_all(&self, address: &str) -> Result<()> {
-        replies::done(self.write(Command::ReleaseAll { address: address.into() })?)
+        Reply::into_done(self.write(Command::ReleaseAll { address: address.into() })?)
     }
 }

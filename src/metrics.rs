@@ -94,6 +94,7 @@ struct RaftGauges {
     runner_records: Gauge,
     held_locks: Gauge,
     lock_records: Gauge,
+    namespaces: Gauge,
     dedup_clients: Gauge,
     dedup_answers: Gauge,
     dedup_bytes: Gauge,
@@ -127,7 +128,7 @@ impl Metrics {
         registry.register("call_seconds", "Latency of client calls, by call", call_seconds.clone());
         registry.register("errors", "Client calls that failed, by call and gRPC code", errors.clone());
         let raft = RaftGauges::default();
-        let gauges: [(&str, &str, &Gauge); 18] = [
+        let gauges: [(&str, &str, &Gauge); 19] = [
             ("raft_role", "1 leader, 2 follower, 3 candidate, 4 learner, 0 shut down", &raft.role),
             ("raft_term", "Current Raft term", &raft.term),
             ("raft_leader_id", "Known leader's node id, 0 when none", &raft.leader_id),
@@ -143,6 +144,7 @@ impl Metrics {
             ("runner_records", "Runner records, live or not", &raft.runner_records),
             ("held_locks", "Shard locks within the lock expiration", &raft.held_locks),
             ("lock_records", "Shard lock records, held or expired", &raft.lock_records),
+            ("namespaces", "Namespaces holding records or settings", &raft.namespaces),
             ("dedup_clients", "Clients whose write answers are remembered for retries", &raft.dedup_clients),
             ("dedup_answers", "Write answers remembered for retries", &raft.dedup_answers),
             ("dedup_bytes", "Bytes of remembered answers, as their bound counts them", &raft.dedup_bytes),
@@ -202,10 +204,13 @@ impl Metrics {
         set(&gauges.early_usual_appends, raft.early_usual_appends);
         let state = &applied.state;
         let now_ms = now_ms.max(state.now_ms());
-        set(&gauges.live_runners, state.runners().values().filter(|r| state.is_live(r, now_ms)).count() as u64);
-        set(&gauges.runner_records, state.runners().len() as u64);
-        set(&gauges.held_locks, state.locks().values().filter(|l| state.is_held(l, now_ms)).count() as u64);
-        set(&gauges.lock_records, state.locks().len() as u64);
+        let namespaces = state.namespaces().values();
+        let count = |of: &dyn Fn(&crate::state_machine::Namespace) -> usize| namespaces.clone().map(of).sum::<usize>();
+        set(&gauges.live_runners, count(&|n| n.runners().values().filter(|r| n.is_live(r, now_ms)).count()) as u64);
+        set(&gauges.runner_records, count(&|n| n.runners().len()) as u64);
+        set(&gauges.held_locks, count(&|n| n.locks().values().filter(|l| n.is_held(l, now_ms)).count()) as u64);
+        set(&gauges.lock_records, count(&|n| n.locks().len()) as u64);
+        set(&gauges.namespaces, state.namespaces().len() as u64);
         let (dedup_clients, dedup_answers) = state.dedup_sizes();
         set(&gauges.dedup_clients, dedup_clients as u64);
         set(&gauges.dedup_answers, dedup_answers as u64);

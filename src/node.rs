@@ -32,7 +32,7 @@ use crate::raft::typ::ForwardToLeader;
 use crate::raft::{NodeId, Raft};
 use crate::read_barrier::{BarrierOutcome, ReadBarrier};
 use crate::service::forward::Forwarder;
-use crate::state_machine::{Command, Envelope, Reply, State};
+use crate::state_machine::{validate_namespace, Command, Envelope, NamespaceName, Reply, State};
 use crate::store_clock::StoreClock;
 
 /// Why a call was not answered here.
@@ -317,13 +317,19 @@ impl Node {
     /// [`CallError::NotLeader`] on a follower; [`CallError::Failed`] with
     /// `InvalidArgument` before proposing bad input, the state machine's
     /// refusal, or `Unavailable` when Raft cannot commit in time.
-    pub async fn write(&self, request_id: Option<RequestId>, command: Command) -> Result<Reply, CallError> {
+    pub async fn write(
+        &self,
+        namespace: NamespaceName,
+        request_id: Option<RequestId>,
+        command: Command,
+    ) -> Result<Reply, CallError> {
+        validate_namespace(&namespace)?;
         command.validate()?;
         if let Some(request_id) = &request_id {
             request_id.validate()?;
         }
         self.refuse_without_quorum()?;
-        let envelope = Envelope { time_ms: self.store_now_ms().await?, request_id, command };
+        let envelope = Envelope { time_ms: self.store_now_ms().await?, request_id, namespace, command };
         match self.proposer.propose(envelope).await {
             Ok(reply) => Ok(reply.into_result()?),
             Err(Refused::NotLeader(leader_address)) => Err(CallError::NotLeader { leader_address }),
@@ -564,7 +570,7 @@ impl Node {
             return Err(Error::InvalidArgument(format!("address {address} is already node {other}'s")).into());
         }
         let channel = self.forwarder.channel(address)?;
-        let request = self.forwarder.request(crate::pb::v1::StatusRequest {}, Some(NEW_NODE_PROBE_TIMEOUT));
+        let request = self.forwarder.request(crate::pb::v1::StatusRequest::default(), Some(NEW_NODE_PROBE_TIMEOUT));
         let mut admin = crate::pb::v1::admin_client::AdminClient::new(channel);
         let probe = admin.status(request);
         let refused = |reason: String| {

@@ -61,33 +61,34 @@ impl Proposer {
     }
 }
 
-/// Roughly how many bytes `command` takes in the log: its strings, plus framing.
-pub fn approximate_bytes(command: &Command) -> usize {
+/// Roughly how many bytes `envelope` takes in the log: its strings, plus framing.
+pub fn approximate_bytes(envelope: &Envelope) -> usize {
     const FRAMING_BYTES: usize = 16;
-    let strings = match command {
-        Command::Register { address, runner, .. } => address.len() + runner.len(),
-        Command::Acquire { address, shard_ids } | Command::Refresh { address, shard_ids } => {
-            address.len() + shard_ids.iter().map(|id| id.len() + FRAMING_BYTES).sum::<usize>()
-        }
-        Command::Release { address, shard_id } => address.len() + shard_id.len(),
-        Command::Unregister { address }
-        | Command::SetRunnerHealth { address, .. }
-        | Command::ReleaseAll { address } => address.len(),
-        Command::SetLockExpiration { .. } => 0,
-    };
+    let strings = envelope.namespace.len()
+        + match &envelope.command {
+            Command::Register { address, runner, .. } => address.len() + runner.len(),
+            Command::Acquire { address, shard_ids } | Command::Refresh { address, shard_ids } => {
+                address.len() + shard_ids.iter().map(|id| id.len() + FRAMING_BYTES).sum::<usize>()
+            }
+            Command::Release { address, shard_id } => address.len() + shard_id.len(),
+            Command::Unregister { address }
+            | Command::SetRunnerHealth { address, .. }
+            | Command::ReleaseAll { address } => address.len(),
+            Command::SetLockExpiration { .. } | Command::EnsureLockExpiration { .. } => 0,
+        };
     strings + 4 * FRAMING_BYTES
 }
 
 async fn run(raft: Raft, mut queue: mpsc::Receiver<Pending>, quorum_timeout: Duration) {
     let in_flight = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
     while let Some(first) = queue.recv().await {
-        let mut bytes = approximate_bytes(&first.envelope.command);
+        let mut bytes = approximate_bytes(&first.envelope);
         let mut batch = vec![first];
         // Take what is already waiting, up to the bounds; the last envelope
         // may pass the byte bound by at most one envelope's size.
         while batch.len() < PROPOSAL_ENVELOPES_MAX && bytes < PROPOSAL_BYTES_MAX {
             let Ok(next) = queue.try_recv() else { break };
-            bytes += approximate_bytes(&next.envelope.command);
+            bytes += approximate_bytes(&next.envelope);
             batch.push(next);
         }
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };

@@ -14,6 +14,9 @@ pub struct CtlArgs {
     /// Connection security (TLS CA, bearer token).
     #[command(flatten)]
     pub security: ClientSecurityArgs,
+    /// The namespace `status`, `runners`, `locks` and `set-expiration` act in.
+    #[arg(long, env = "RUNNER_STORAGE_NAMESPACE", default_value = crate::state_machine::DEFAULT_NAMESPACE)]
+    pub namespace: String,
     /// What to do.
     #[command(subcommand)]
     pub command: CtlCommand,
@@ -31,14 +34,15 @@ pub struct ClientSecurityArgs {
 }
 
 impl ClientSecurityArgs {
-    /// A client of `endpoints` with these settings.
+    /// A client of `endpoints` with these settings, acting in `namespace`.
     ///
     /// # Errors
-    /// When the CA file cannot be read or an endpoint is malformed.
-    pub fn client(&self, endpoints: Vec<String>) -> anyhow::Result<Client> {
+    /// When the CA file cannot be read, an endpoint is malformed, or the
+    /// namespace is not a valid name.
+    pub fn client(&self, endpoints: Vec<String>, namespace: &str) -> anyhow::Result<Client> {
         let tls = self.tls_ca.as_deref().map(crate::transport::Dialer::client_tls).transpose()?;
         let dialer = crate::transport::Dialer::new(tls, self.token.as_deref())?;
-        let options = crate::client::ClientOptions { dialer, ..Default::default() };
+        let options = crate::client::ClientOptions { dialer, namespace: namespace.to_owned(), ..Default::default() };
         Ok(Client::with_options(endpoints, options)?)
     }
 }
@@ -55,13 +59,19 @@ pub enum CtlCommand {
     /// Change the membership.
     #[command(subcommand)]
     Members(MembersCommand),
-    /// Set the cluster-wide lock expiration, in milliseconds.
+    /// Set the namespace's lock expiration, in milliseconds.
     SetExpiration {
         /// The new expiration, e.g. 35000.
         lock_expiration_ms: u64,
     },
     /// Build a snapshot now on every endpoint.
     Snapshot,
+    /// Every namespace: its lock expiration and how many runners and locks it holds.
+    Namespaces {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Registered runners: machine id, address, health, liveness, heartbeat age.
     Runners {
         /// Print JSON instead of a table.
@@ -110,15 +120,16 @@ pub enum MembersCommand {
 /// # Errors
 /// When the cluster cannot be reached or refuses the change.
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
-    let client = args.security.client(args.endpoints.clone())?;
+    let client = args.security.client(args.endpoints.clone(), &args.namespace)?;
     match args.command {
         CtlCommand::Status { json } => print_status(&client, &args.endpoints, json).await,
         CtlCommand::Members(command) => members(&client, &args.endpoints, command).await,
         CtlCommand::SetExpiration { lock_expiration_ms } => {
             client.set_lock_expiration(lock_expiration_ms).await?;
-            println!("lock expiration set to {lock_expiration_ms} ms");
+            println!("lock expiration of namespace {:?} set to {lock_expiration_ms} ms", args.namespace);
             Ok(())
         }
+        CtlCommand::Namespaces { json } => print_namespaces(&client.list_namespaces().await?, json),
         CtlCommand::Runners { json } => print_runners(&client.list_runners().await?, json),
         CtlCommand::Locks { group, address, json } => print_locks(&client.list_locks(&group, &address).await?, json),
         CtlCommand::Snapshot => {
@@ -151,8 +162,8 @@ async fn print_status(client: &Client, endpoints: &[String], json: bool) -> anyh
         return Ok(());
     }
     println!(
-        "{:<22} {:>4} {:<10} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8}",
-        "ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "RSS MiB", "DISK MiB"
+        "{:<22} {:>4} {:<10} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "E ms", "RSS MiB", "DISK MiB"
     );
     let mib = |row: &serde_json::Value, key: &str| row[key].as_u64().unwrap_or(0) as f64 / (1024.0 * 1024.0);
     for row in rows {
@@ -161,7 +172,7 @@ async fn print_status(client: &Client, endpoints: &[String], json: bool) -> anyh
             continue;
         }
         println!(
-            "{:<22} {:>4} {:<10} {:>6} {:>6} {:>8} {:>8} {:>8.1} {:>8.1}",
+            "{:<22} {:>4} {:<10} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8.1} {:>8.1}",
             row["endpoint"].as_str().unwrap_or(""),
             row["node_id"].as_u64().unwrap_or(0),
             row["role"].as_str().unwrap_or(""),
@@ -169,6 +180,7 @@ async fn print_status(client: &Client, endpoints: &[String], json: bool) -> anyh
             row["leader_id"].as_u64().unwrap_or(0),
             row["commit_index"].as_u64().unwrap_or(0),
             row["applied_index"].as_u64().unwrap_or(0),
+            row["lock_expiration_ms"].as_u64().unwrap_or(0),
             mib(&row, "resident_memory_bytes"),
             mib(&row, "disk_bytes")
         );
@@ -198,6 +210,36 @@ async fn first_status(client: &Client, endpoints: &[String]) -> anyhow::Result<c
         }
     }
     anyhow::bail!("no endpoint answered Status")
+}
+
+fn print_namespaces(namespaces: &[crate::pb::v1::NamespaceInfo], json: bool) -> anyhow::Result<()> {
+    if json {
+        let rows: Vec<serde_json::Value> = namespaces
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "namespace": n.namespace, "lock_expiration_ms": n.lock_expiration_ms,
+                    "lock_expiration_set": n.lock_expiration_set, "runners": n.runners,
+                    "live_runners": n.live_runners, "locks": n.locks, "held_locks": n.held_locks,
+                    "runners_max": n.runners_max, "locks_max": n.locks_max,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>10} {:<5} {:>8} {:>6} {:>8} {:>6}",
+        "NAMESPACE", "E ms", "SET", "RUNNERS", "LIVE", "LOCKS", "HELD"
+    );
+    for n in namespaces {
+        println!(
+            "{:<24} {:>10} {:<5} {:>8} {:>6} {:>8} {:>6}",
+            n.namespace, n.lock_expiration_ms, n.lock_expiration_set, n.runners, n.live_runners, n.locks, n.held_locks
+        );
+    }
+    println!("{} namespaces", namespaces.len());
+    Ok(())
 }
 
 fn print_runners(response: &crate::pb::admin::ListRunnersResponse, json: bool) -> anyhow::Result<()> {

@@ -12,7 +12,7 @@ use crate::config::NodeConfig;
 use crate::limits;
 use crate::node::Node;
 use crate::service;
-use crate::state_machine::Command;
+use crate::state_machine::{Command, NamespaceName, DEFAULT_NAMESPACE};
 
 /// How long a freshly bootstrapped node keeps trying to write the
 /// configured initial lock expiration.
@@ -123,11 +123,12 @@ async fn shutdown_signal() {
 async fn write_initial_lock_expiration(node: Arc<Node>, lock_expiration_ms: u64) {
     let deadline = tokio::time::Instant::now() + INITIAL_LOCK_EXPIRATION_DEADLINE;
     while tokio::time::Instant::now() < deadline {
-        if node.local_view(|applied| applied.state.lock_expiration_ms()) == lock_expiration_ms {
+        if node.local_view(|applied| applied.state.lock_expiration_ms(DEFAULT_NAMESPACE)) == lock_expiration_ms {
             return;
         }
         if node.is_leader() {
-            match node.write(None, Command::SetLockExpiration { lock_expiration_ms }).await {
+            let namespace = NamespaceName::new_static(DEFAULT_NAMESPACE);
+            match node.write(namespace, None, Command::SetLockExpiration { lock_expiration_ms }).await {
                 Ok(_) => {
                     tracing::info!(lock_expiration_ms, "initial lock expiration written");
                     return;

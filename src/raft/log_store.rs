@@ -523,7 +523,7 @@ mod tests {
     use super::*;
     use crate::raft::data_dir::Durability;
     use crate::raft::sm_store::StateMachineStore;
-    use crate::state_machine::{Command, Envelope, State};
+    use crate::state_machine::{Command, Envelope, State, DEFAULT_NAMESPACE};
 
     fn temporary_data_dir() -> (tempfile::TempDir, DataDir) {
         let temp = tempfile::tempdir().expect("a temp dir");
@@ -595,6 +595,7 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
             payload: EntryPayload::Normal(
                 vec![Envelope {
+                    namespace: DEFAULT_NAMESPACE.into(),
                     time_ms: index,
                     request_id: None,
                     command: Command::Release { address: format!("h:{term}"), shard_id: format!("g:{index}").into() },
@@ -715,7 +716,8 @@ mod tests {
         let appended_before = served.last_log_index.unwrap();
 
         let command = Command::SetLockExpiration { lock_expiration_ms: 1234 };
-        let envelopes: std::sync::Arc<[Envelope]> = vec![Envelope { time_ms: 1, request_id: None, command }].into();
+        let envelopes: std::sync::Arc<[Envelope]> =
+            vec![Envelope { namespace: DEFAULT_NAMESPACE.into(), time_ms: 1, request_id: None, command }].into();
         let mut write = Box::pin(raft.client_write(envelopes));
         // openraft's core waits for the flush before it reports metrics
         // again: see the entry in sled instead.

@@ -251,13 +251,13 @@ mod tests {
 
     use super::*;
     use crate::raft::data_dir::Durability;
-    use crate::state_machine::{Command, Envelope};
+    use crate::state_machine::{Command, Envelope, DEFAULT_NAMESPACE};
 
     fn register_one_runner(store: &mut StateMachineStore) {
         let runner = r#"{"address":{"host":"h","port":1},"groups":["default"],"weight":1}"#;
         let command = Command::Register { address: "h:1".into(), runner: runner.into(), healthy: true };
         let mut applied = store.write();
-        applied.state.apply(&Envelope { time_ms: 1, request_id: None, command });
+        applied.state.apply(&Envelope { namespace: DEFAULT_NAMESPACE.into(), time_ms: 1, request_id: None, command });
         applied.last_applied = Some(LogId::new(CommittedLeaderId::new(3, 1), 42));
     }
 
@@ -275,7 +275,7 @@ mod tests {
 
         let reopened = StateMachineStore::open(&data_dir, State::default()).unwrap();
         assert_eq!(reopened.read().last_applied, store.read().last_applied);
-        assert_eq!(reopened.read().state.get_runners(1).len(), 1);
+        assert_eq!(reopened.read().state.get_runners(DEFAULT_NAMESPACE, 1).len(), 1);
         assert_eq!(reopened.snapshot_bytes(), encode(&*store.read()).unwrap().len() as u64);
     }
 

@@ -11,11 +11,13 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::answer_or_forward;
-use crate::memory::replies;
+use crate::model::RequestId;
 use crate::node::{MembershipView, Node};
 use crate::pb::admin as admin_pb;
 use crate::pb::v1 as pb;
-use crate::state_machine::Command;
+use crate::service::status;
+use crate::state_machine::Reply;
+use crate::state_machine::{namespace_or_default, validate_namespace, Command, State};
 
 /// The `Admin` service of one node.
 pub struct AdminService {
@@ -42,7 +44,9 @@ pub fn role_name(state: ServerState) -> &'static str {
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
-    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let namespace = namespace_or_default(&request.get_ref().namespace);
+        validate_namespace(&namespace).map_err(status::to_status)?;
         let metrics = self.node.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
@@ -56,7 +60,7 @@ impl pb::admin_server::Admin for AdminService {
             .and_then(|leader| membership.get_node(&leader))
             .map(|node| node.addr.clone())
             .unwrap_or_default();
-        let lock_expiration_ms = self.node.local_view(|applied| applied.state.lock_expiration_ms());
+        let lock_expiration_ms = self.node.local_view(|applied| applied.state.lock_expiration_ms(&namespace));
         let view = self.node.raft_view();
         Ok(Response::new(pb::StatusResponse {
             node_id: self.node.id,
@@ -83,14 +87,72 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::SetLockExpirationResponse>, Status> {
         let local = |m: &pb::SetLockExpirationRequest| {
             let command = Command::SetLockExpiration { lock_expiration_ms: m.lock_expiration_ms };
+            let namespace = namespace_or_default(&m.namespace);
             async move {
-                replies::done(self.node.write(None, command).await?)?;
+                Reply::into_done(self.node.write(namespace, None, command).await?)?;
                 Ok(pb::SetLockExpirationResponse {})
             }
         };
         let forward = |c: Channel, r| async move { pb::admin_client::AdminClient::new(c).set_lock_expiration(r).await };
         answer_or_forward("set_lock_expiration", request, local, forward, &self.node).await
     }
+
+    async fn ensure_lock_expiration(
+        &self,
+        request: Request<pb::EnsureLockExpirationRequest>,
+    ) -> Result<Response<pb::EnsureLockExpirationResponse>, Status> {
+        let local = |m: &pb::EnsureLockExpirationRequest| {
+            let command =
+                Command::EnsureLockExpiration { lock_expiration_ms: m.lock_expiration_ms, take_over: m.take_over };
+            let namespace = namespace_or_default(&m.namespace);
+            let request_id =
+                m.request_id.clone().map(|id| RequestId { client_id: id.client_id, sequence: id.sequence });
+            async move {
+                let reply = self.node.write(namespace, request_id, command).await?;
+                let (lock_expiration_ms, previously_set) = reply.into_lock_expiration()?;
+                Ok(pb::EnsureLockExpirationResponse { lock_expiration_ms, previously_set })
+            }
+        };
+        let forward =
+            |c: Channel, r| async move { pb::admin_client::AdminClient::new(c).ensure_lock_expiration(r).await };
+        answer_or_forward("ensure_lock_expiration", request, local, forward, &self.node).await
+    }
+
+    async fn list_namespaces(
+        &self,
+        request: Request<pb::ListNamespacesRequest>,
+    ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
+        let local = |_: &pb::ListNamespacesRequest| async {
+            let namespaces = self.node.read(namespace_infos).await?;
+            Ok(pb::ListNamespacesResponse { namespaces })
+        };
+        let forward = |c: Channel, r| async move { pb::admin_client::AdminClient::new(c).list_namespaces(r).await };
+        answer_or_forward("list_namespaces", request, local, forward, &self.node).await
+    }
+}
+
+/// Every namespace that holds a record or a setting, with its `E` and counts at `now_ms`.
+fn namespace_infos(state: &State, now_ms: u64) -> Vec<pb::NamespaceInfo> {
+    let now_ms = now_ms.max(state.now_ms());
+    state
+        .namespaces()
+        .iter()
+        .map(|(name, namespace)| {
+            let live_runners = namespace.runners().values().filter(|r| namespace.is_live(r, now_ms)).count();
+            let held_locks = namespace.locks().values().filter(|l| namespace.is_held(l, now_ms)).count();
+            pb::NamespaceInfo {
+                namespace: name.to_string(),
+                lock_expiration_ms: namespace.lock_expiration_ms(),
+                lock_expiration_set: namespace.lock_expiration_set(),
+                runners: namespace.runners().len() as u64,
+                live_runners: live_runners as u64,
+                locks: namespace.locks().len() as u64,
+                held_locks: held_locks as u64,
+                runners_max: namespace.caps().runners_max as u64,
+                locks_max: namespace.caps().locks_max as u64,
+            }
+        })
+        .collect()
 }
 
 /// The `Cluster` service of one node.

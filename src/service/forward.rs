@@ -118,6 +118,7 @@ place_again!(|_: &Self| true =>
     crate::pb::v1::GetRunnersRequest,
     crate::pb::admin::ListRunnersRequest,
     crate::pb::admin::ListLocksRequest,
+    crate::pb::v1::ListNamespacesRequest,
     crate::pb::v1::SetLockExpirationRequest,
 );
 place_again!(|message: &Self| message.request_id.is_some() =>
@@ -128,6 +129,7 @@ place_again!(|message: &Self| message.request_id.is_some() =>
     crate::pb::v1::RefreshRequest,
     crate::pb::v1::ReleaseRequest,
     crate::pb::v1::ReleaseAllRequest,
+    crate::pb::v1::EnsureLockExpirationRequest,
 );
 // Membership changes carry no request id: a second placement could change a
 // membership that moved on since the first.
@@ -148,7 +150,7 @@ mod tests {
         drop(listener);
         let channel = Forwarder::new(Dialer::default()).channel(&address).unwrap();
         let mut client = pb::runner_storage_client::RunnerStorageClient::new(channel);
-        let status = client.get_runners(forwarded_request(pb::GetRunnersRequest {}, None)).await.unwrap_err();
+        let status = client.get_runners(forwarded_request(pb::GetRunnersRequest::default(), None)).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
         assert!(never_delivered(&status), "a refused connection must count as never delivered: {status:?}");
         assert!(!never_delivered(&tonic::Status::unavailable("no quorum")), "an answer was delivered");
@@ -169,7 +171,7 @@ mod tests {
         });
         let channel = Forwarder::new(Dialer::default()).channel(&address).unwrap();
         let mut client = pb::runner_storage_client::RunnerStorageClient::new(channel);
-        let status = client.get_runners(forwarded_request(pb::GetRunnersRequest {}, None)).await.unwrap_err();
+        let status = client.get_runners(forwarded_request(pb::GetRunnersRequest::default(), None)).await.unwrap_err();
         dies_mid_call.await.unwrap();
         assert!(no_answer(&status), "a broken connection gave no answer: {status:?}");
         assert!(!never_delivered(&status), "the call may have reached the leader: {status:?}");
@@ -178,12 +180,12 @@ mod tests {
     #[test]
     fn only_calls_that_cannot_apply_twice_may_be_placed_again() {
         let request_id = Some(pb::RequestId { client_id: "c".into(), sequence: 1 });
-        assert!(pb::GetRunnersRequest {}.may_place_again());
+        assert!(pb::GetRunnersRequest::default().may_place_again());
         let mut register = pb::RegisterRequest { address: "a:1".into(), ..Default::default() };
         assert!(!register.may_place_again(), "a register without a request id may apply twice");
         register.request_id = request_id.clone();
         assert!(register.may_place_again());
-        let refresh = pb::RefreshRequest { address: "a:1".into(), shard_ids: vec![], request_id };
+        let refresh = pb::RefreshRequest { address: "a:1".into(), request_id, ..Default::default() };
         assert!(refresh.may_place_again());
         assert!(!crate::pb::admin::ChangeMembershipRequest::default().may_place_again());
     }

@@ -73,23 +73,60 @@ pub enum Command {
         /// `host:port`.
         address: String,
     },
-    /// Set the cluster-wide lock expiration `E`.
+    /// Set the namespace's lock expiration `E`.
     SetLockExpiration {
         /// The new `E`, at least 1 ms.
         lock_expiration_ms: u64,
     },
+    /// Set the namespace's `E` unless it was set before (then only when
+    /// `take_over`); answers the `E` in force.
+    EnsureLockExpiration {
+        /// The `E` the caller runs with (Effect's `shardLockExpiration`).
+        lock_expiration_ms: u64,
+        /// Replace an `E` set before to another value.
+        take_over: bool,
+    },
 }
 
-/// A command as it sits in the log: stamped with the leader's wall clock when
-/// it was proposed, and the client's request id when it sent one.
+/// A command as it sits in the log: stamped with the leader's store time
+/// when it was proposed, in the namespace the client named, with the
+/// client's request id when it sent one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
-    /// Leader wall-clock milliseconds since the Unix epoch at proposal.
+    /// The leader's store time (ms) at proposal (`store_clock`).
     pub time_ms: u64,
     /// Present when the client asked for exactly-once application.
     pub request_id: Option<RequestId>,
+    /// The namespace the command acts in.
+    pub namespace: super::NamespaceName,
     /// The write.
     pub command: Command,
+}
+
+impl Envelope {
+    /// `command` in the default namespace, with no request id.
+    pub fn new(time_ms: u64, command: Command) -> Self {
+        Envelope {
+            time_ms,
+            request_id: None,
+            namespace: super::NamespaceName::new_static(super::DEFAULT_NAMESPACE),
+            command,
+        }
+    }
+
+    /// The fingerprint a deduplicated answer is kept with: the command's,
+    /// mixed with the namespace unless it is the default one (so a request
+    /// id reused in another namespace is another call).
+    pub fn fingerprint(&self) -> u64 {
+        let command = self.command.fingerprint();
+        if self.namespace == super::DEFAULT_NAMESPACE {
+            return command;
+        }
+        use std::hash::Hasher;
+        let mut hasher = Fnv1a(command);
+        hasher.write(self.namespace.as_bytes());
+        hasher.finish()
+    }
 }
 
 /// Why the state machine refused a command; the state is unchanged.
@@ -112,6 +149,14 @@ pub enum Reply {
     MachineId(i64),
     /// `acquire`/`refresh` succeeded with these shard ids, in request order.
     ShardIds(Vec<ShardIdText>),
+    /// `EnsureLockExpiration`: the namespace's `E` after the call, and
+    /// whether one had been set before.
+    LockExpiration {
+        /// `E` in force.
+        lock_expiration_ms: u64,
+        /// Whether `E` had been set before the call.
+        previously_set: bool,
+    },
     /// The command was refused and changed nothing.
     Rejected {
         /// Which kind of refusal.
@@ -132,6 +177,55 @@ impl Reply {
             }
         };
         Reply::Rejected { kind, message }
+    }
+
+    /// The machine id of a `register`'s reply.
+    ///
+    /// # Errors
+    /// The refusal, or [`Error::Storage`] for a reply of another call.
+    pub fn into_machine_id(self) -> Result<i64, Error> {
+        match self.into_result()? {
+            Reply::MachineId(id) => Ok(id),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    /// The shard ids of an `acquire`'s or `refresh`'s reply.
+    ///
+    /// # Errors
+    /// As [`Reply::into_machine_id`].
+    pub fn into_shard_ids(self) -> Result<Vec<String>, Error> {
+        match self.into_result()? {
+            Reply::ShardIds(ids) => Ok(ids.into_iter().map(String::from).collect()),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    /// The reply of a call that answers nothing.
+    ///
+    /// # Errors
+    /// As [`Reply::into_machine_id`].
+    pub fn into_done(self) -> Result<(), Error> {
+        match self.into_result()? {
+            Reply::Done => Ok(()),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    /// `(E in force, previously set)` of an `EnsureLockExpiration`'s reply.
+    ///
+    /// # Errors
+    /// As [`Reply::into_machine_id`].
+    pub fn into_lock_expiration(self) -> Result<(u64, bool), Error> {
+        match self.into_result()? {
+            Reply::LockExpiration { lock_expiration_ms, previously_set } => Ok((lock_expiration_ms, previously_set)),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    /// A reply that is not the one the call yields: a bug, reported as such.
+    fn unexpected(self) -> Error {
+        Error::Storage { message: format!("internal: unexpected reply {self:?}"), cause: None }
     }
 
     /// Turns a refusal back into the [`Error`] it stands for.
@@ -175,7 +269,8 @@ impl Command {
                 validate_address(address)?;
                 split_shard_id(shard_id).map(|_| ())
             }
-            Command::SetLockExpiration { lock_expiration_ms } => {
+            Command::SetLockExpiration { lock_expiration_ms }
+            | Command::EnsureLockExpiration { lock_expiration_ms, .. } => {
                 if (1..=crate::limits::LOCK_EXPIRATION_MS_MAX).contains(lock_expiration_ms) {
                     Ok(())
                 } else {
@@ -199,6 +294,7 @@ impl Command {
             Command::Release { .. } => "release",
             Command::ReleaseAll { .. } => "release_all",
             Command::SetLockExpiration { .. } => "set_lock_expiration",
+            Command::EnsureLockExpiration { .. } => "ensure_lock_expiration",
         }
     }
 }

@@ -55,7 +55,7 @@ fn answer_bytes(reply: &Reply) -> usize {
         + match reply {
             Reply::ShardIds(shard_ids) => shard_ids.iter().map(|id| id.len() + STRING_BYTES).sum(),
             Reply::Rejected { message, .. } => message.len(),
-            Reply::Done | Reply::MachineId(_) => 0,
+            Reply::Done | Reply::MachineId(_) | Reply::LockExpiration { .. } => 0,
         }
 }
 

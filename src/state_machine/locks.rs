@@ -1,6 +1,6 @@
 //! The shard lock table: acquire, refresh and release.
 
-use super::{HashSet, LockRecord, ShardIdText, State};
+use super::{HashSet, LockRecord, Namespace, ShardIdText, State};
 use crate::error::Result;
 
 /// `shard_ids` without repeats, first occurrence first. Calls carry few ids
@@ -29,16 +29,20 @@ fn distinct(shard_ids: &[ShardIdText]) -> impl Iterator<Item = &ShardIdText> {
 /// Longest id list [`distinct`] scans instead of hashing.
 const DISTINCT_SCAN_MAX: usize = 16;
 
-impl State {
+impl Namespace {
     /// Takes each listed shard that is free, already this address's, or whose
     /// lock expired, stamping it `{address, now}`. Returns the listed shards
     /// now held by `address`, in request order, without repeats.
-    pub(super) fn acquire(&mut self, address: &str, shard_ids: &[ShardIdText]) -> Result<Vec<ShardIdText>> {
+    pub(super) fn acquire(
+        &mut self,
+        address: &str,
+        shard_ids: &[ShardIdText],
+        now_ms: u64,
+    ) -> Result<Vec<ShardIdText>> {
         let new_records = distinct(shard_ids).filter(|shard_id| !self.locks.contains_key(shard_id.as_str())).count();
         if self.locks.len() + new_records > self.caps.locks_max {
             return Err(State::cap_error("acquiring these shards", self.caps.locks_max));
         }
-        let now_ms = self.now_ms;
         let mut acquired = Vec::with_capacity(shard_ids.len());
         for shard_id in distinct(shard_ids) {
             let previous_holder = match self.locks.get(shard_id.as_str()) {
@@ -61,9 +65,8 @@ impl State {
     /// Heartbeat for the runner, and `acquired_at = now` for each listed
     /// shard whose record is this address's, even if it had expired. Returns
     /// those shards in request order, without repeats.
-    pub(super) fn refresh(&mut self, address: &str, shard_ids: &[ShardIdText]) -> Vec<ShardIdText> {
-        self.heartbeat(address);
-        let now_ms = self.now_ms;
+    pub(super) fn refresh(&mut self, address: &str, shard_ids: &[ShardIdText], now_ms: u64) -> Vec<ShardIdText> {
+        self.heartbeat(address, now_ms);
         let mut refreshed = Vec::with_capacity(shard_ids.len());
         for shard_id in distinct(shard_ids) {
             if let Some(record) = self.locks.get_mut(shard_id.as_str()) {

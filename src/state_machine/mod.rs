@@ -1,18 +1,21 @@
-//! The deterministic state machine: runners, shard locks, machine ids, the
-//! lock expiration and request-id deduplication (SPEC §3, §4, §6).
+//! The deterministic state machine: namespaces of runners, shard locks,
+//! machine ids and lock expirations, and request-id deduplication (SPEC §3,
+//! §4, §6).
 //!
 //! Pure: no clock, no I/O, no randomness, no async. Time enters only as the
 //! `time_ms` of each [`Envelope`] and the `now_ms` argument of reads, so every
 //! replica that applies the same log reaches the same state. The Raft state
 //! machine store, the in-memory store and the chaos checker all wrap this type.
 //!
-//! Layout: [`command`] (what the log carries), `runners` and `locks` (the two
-//! tables), `dedup` (request ids), `invariants` (whole-state checks).
+//! Layout: [`command`] (what the log carries), [`namespace`] (one isolated
+//! set of tables), `runners` and `locks` (the two tables of a namespace),
+//! `dedup` (request ids), `invariants` (whole-state checks).
 
 pub mod command;
 mod dedup;
 mod invariants;
 mod locks;
+pub mod namespace;
 mod runners;
 
 #[cfg(test)]
@@ -23,6 +26,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use command::{shard_id_texts, Command, Envelope, RejectionKind, Reply, ShardIdText};
+pub use namespace::{namespace_or_default, validate_namespace, Namespace, NamespaceName, DEFAULT_NAMESPACE};
 
 use crate::error::Error;
 use crate::limits;
@@ -60,7 +64,7 @@ pub struct LockRecord {
     pub acquired_at_ms: u64,
 }
 
-/// The cluster-wide caps of SPEC §6, replicated like `E`.
+/// The caps of SPEC §6, per namespace, replicated like `E`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Caps {
     /// Most runner records.
@@ -80,18 +84,28 @@ impl Default for Caps {
 pub struct State {
     /// State-machine time: the largest `time_ms` applied so far.
     now_ms: u64,
-    /// The lock expiration `E`.
-    lock_expiration_ms: u64,
-    caps: Caps,
-    /// Runner records by address.
-    runners: HashMap<String, RunnerRecord>,
-    /// Address by machine id: orders `get_runners` and finds free ids.
-    machine_ids: BTreeMap<i64, String>,
-    /// Lock records by shard id: one holder per shard by construction.
-    locks: HashMap<String, LockRecord>,
-    /// Shard ids by holder address, so `release_all` does not scan every lock.
-    locks_by_address: HashMap<String, HashSet<String>>,
+    /// The `E` a namespace starts with until one is set for it.
+    default_lock_expiration_ms: u64,
+    /// The caps a namespace starts with.
+    default_caps: Caps,
+    /// Every namespace that holds a record or a setting, by name.
+    namespaces: BTreeMap<NamespaceName, Namespace>,
     dedup: dedup::Dedup,
+    /// The largest `E` of a namespace (the default without one), which
+    /// bounds how long idle clients are remembered; derived, not snapshotted.
+    #[serde(skip)]
+    lock_expiration_max_ms: Derived<u64>,
+}
+
+/// A value derived from the rest of the state: `None` until computed, and
+/// equal to any other, so a restored state equals the one it was saved from.
+#[derive(Debug, Clone, Default)]
+struct Derived<T>(Option<T>);
+
+impl<T> PartialEq for Derived<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Default for State {
@@ -101,7 +115,7 @@ impl Default for State {
 }
 
 impl State {
-    /// An empty state with lock expiration `lock_expiration_ms`.
+    /// An empty state whose namespaces start with lock expiration `lock_expiration_ms`.
     ///
     /// # Panics
     /// When `lock_expiration_ms` is 0 (a programming error: configs are validated).
@@ -109,19 +123,17 @@ impl State {
         assert!(lock_expiration_ms >= 1, "lock expiration must be at least 1 ms");
         State {
             now_ms: 0,
-            lock_expiration_ms,
-            caps: Caps::default(),
-            runners: HashMap::default(),
-            machine_ids: BTreeMap::new(),
-            locks: HashMap::default(),
-            locks_by_address: HashMap::default(),
+            default_lock_expiration_ms: lock_expiration_ms,
+            default_caps: Caps::default(),
+            namespaces: BTreeMap::new(),
             dedup: dedup::Dedup::default(),
+            lock_expiration_max_ms: Derived::default(),
         }
     }
 
-    /// An empty state with custom caps.
+    /// An empty state whose namespaces start with custom caps.
     pub fn with_caps(lock_expiration_ms: u64, caps: Caps) -> Self {
-        State { caps, ..State::new(lock_expiration_ms) }
+        State { default_caps: caps, ..State::new(lock_expiration_ms) }
     }
 
     /// Applies one logged write and returns its answer.
@@ -131,22 +143,24 @@ impl State {
     /// invalid command or one that would pass a cap returns
     /// [`Reply::Rejected`] and changes nothing but time.
     pub fn apply(&mut self, envelope: &Envelope) -> Reply {
-        let now_before = self.now_ms;
         self.now_ms = self.now_ms.max(envelope.time_ms);
-        assert!(self.now_ms >= now_before, "time ran backwards: {} < {now_before}", self.now_ms);
-        self.dedup.forget_idle(self.now_ms, self.dedup_idle_ms());
+        let idle_ms = self.dedup_idle_ms();
+        self.dedup.forget_idle(self.now_ms, idle_ms);
 
+        if let Err(error) = validate_namespace(&envelope.namespace) {
+            return Reply::rejected(error);
+        }
         let Some(request_id) = &envelope.request_id else {
-            return self.execute(&envelope.command);
+            return self.execute(&envelope.namespace, &envelope.command);
         };
         if let Err(error) = request_id.validate() {
             return Reply::rejected(error);
         }
-        let fingerprint = envelope.command.fingerprint();
+        let fingerprint = envelope.fingerprint();
         match self.dedup.lookup(request_id, fingerprint, self.now_ms) {
             Ok(Some(reply)) => reply,
             Ok(None) => {
-                let reply = self.execute(&envelope.command);
+                let reply = self.execute(&envelope.namespace, &envelope.command);
                 self.dedup.remember(request_id, fingerprint, self.now_ms, reply.clone());
                 reply
             }
@@ -154,24 +168,104 @@ impl State {
         }
     }
 
-    fn execute(&mut self, command: &Command) -> Reply {
+    /// Runs `command` in the namespace `name`, made for it when absent and
+    /// kept only when it then holds something (within [`limits::NAMESPACES_MAX`]).
+    fn execute(&mut self, name: &NamespaceName, command: &Command) -> Reply {
         if let Err(error) = command.validate() {
             return Reply::rejected(error);
         }
+        let now_ms = self.now_ms;
+        if let Some(namespace) = self.namespaces.get_mut(name) {
+            let reply = namespace.execute(command, now_ms);
+            if namespace.is_vacant() {
+                self.namespaces.remove(name);
+                self.lock_expiration_max_ms = Derived::default();
+            }
+            self.note_expiration_change(command);
+            return reply;
+        }
+        let mut namespace = Namespace::new(self.default_lock_expiration_ms, self.default_caps);
+        let reply = namespace.execute(command, now_ms);
+        if namespace.is_vacant() {
+            return reply;
+        }
+        if self.namespaces.len() >= limits::NAMESPACES_MAX {
+            // The new namespace is dropped whole: nothing was applied.
+            let what = format!("creating namespace {name:?}");
+            return Reply::rejected(State::cap_error(&what, limits::NAMESPACES_MAX));
+        }
+        self.namespaces.insert(name.clone(), namespace);
+        self.lock_expiration_max_ms = Derived::default();
+        reply
+    }
+
+    /// Forgets the derived largest `E` when `command` may have changed one.
+    fn note_expiration_change(&mut self, command: &Command) {
+        if matches!(command, Command::SetLockExpiration { .. } | Command::EnsureLockExpiration { .. }) {
+            self.lock_expiration_max_ms = Derived::default();
+        }
+    }
+
+    /// Live runners of `namespace` as `(runner JSON, healthy)`, ordered by
+    /// machine id, at time `max(now, now_ms)` (the reader's store time may
+    /// be ahead of the log); none for a namespace that holds nothing.
+    pub fn get_runners(&self, namespace: &str, now_ms: u64) -> Vec<(String, bool)> {
+        self.namespace(namespace).map_or_else(Vec::new, |namespace| namespace.get_runners(self.now_ms.max(now_ms)))
+    }
+
+    /// The namespace `name`, when it holds a record or a setting.
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.namespaces.get(name)
+    }
+
+    /// Every namespace that holds a record or a setting, by name.
+    pub fn namespaces(&self) -> &BTreeMap<NamespaceName, Namespace> {
+        &self.namespaces
+    }
+
+    /// State-machine time: the largest `time_ms` applied.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// The lock expiration `E` of `namespace` (the default for one that holds nothing).
+    pub fn lock_expiration_ms(&self, namespace: &str) -> u64 {
+        self.namespace(namespace).map_or(self.default_lock_expiration_ms, Namespace::lock_expiration_ms)
+    }
+
+    /// How long a client unseen is remembered: 10 × the largest `E` of a
+    /// namespace (the default `E` while there is none).
+    fn dedup_idle_ms(&mut self) -> u64 {
+        let (namespaces, default) = (&self.namespaces, self.default_lock_expiration_ms);
+        let largest = *self
+            .lock_expiration_max_ms
+            .0
+            .get_or_insert_with(|| namespaces.values().map(Namespace::lock_expiration_ms).max().unwrap_or(default));
+        largest.saturating_mul(limits::DEDUP_CLIENT_IDLE_EXPIRATIONS)
+    }
+
+    pub(crate) fn cap_error(what: &str, cap: usize) -> Error {
+        Error::ResourceExhausted(format!("{what} would pass the cap of {cap}"))
+    }
+}
+
+impl Namespace {
+    /// Runs a validated `command` at store time `now_ms`.
+    fn execute(&mut self, command: &Command, now_ms: u64) -> Reply {
         let result = match command {
             Command::Register { address, runner, healthy } => {
-                self.register(address, runner, *healthy).map(Reply::MachineId)
+                self.register(address, runner, *healthy, now_ms).map(Reply::MachineId)
             }
             Command::Unregister { address } => {
-                self.unregister(address);
+                self.unregister(address, now_ms);
                 Ok(Reply::Done)
             }
             Command::SetRunnerHealth { address, healthy } => {
                 self.set_runner_health(address, *healthy);
                 Ok(Reply::Done)
             }
-            Command::Acquire { address, shard_ids } => self.acquire(address, shard_ids).map(Reply::ShardIds),
-            Command::Refresh { address, shard_ids } => Ok(Reply::ShardIds(self.refresh(address, shard_ids))),
+            Command::Acquire { address, shard_ids } => self.acquire(address, shard_ids, now_ms).map(Reply::ShardIds),
+            Command::Refresh { address, shard_ids } => Ok(Reply::ShardIds(self.refresh(address, shard_ids, now_ms))),
             Command::Release { address, shard_id } => {
                 self.release(address, shard_id);
                 Ok(Reply::Done)
@@ -181,65 +275,14 @@ impl State {
                 Ok(Reply::Done)
             }
             Command::SetLockExpiration { lock_expiration_ms } => {
-                self.lock_expiration_ms = *lock_expiration_ms;
+                self.set_lock_expiration(*lock_expiration_ms);
                 Ok(Reply::Done)
+            }
+            Command::EnsureLockExpiration { lock_expiration_ms, take_over } => {
+                let (lock_expiration_ms, previously_set) = self.ensure_lock_expiration(*lock_expiration_ms, *take_over);
+                Ok(Reply::LockExpiration { lock_expiration_ms, previously_set })
             }
         };
         result.unwrap_or_else(Reply::rejected)
-    }
-
-    /// Live runners as `(runner JSON, healthy)`, ordered by machine id, at
-    /// time `max(now, now_ms)` (the reader's clock may be ahead of the log).
-    pub fn get_runners(&self, now_ms: u64) -> Vec<(String, bool)> {
-        let now_ms = self.now_ms.max(now_ms);
-        self.machine_ids
-            .values()
-            .filter_map(|address| self.runners.get(address))
-            .filter(|record| self.is_live(record, now_ms))
-            .map(|record| (record.runner.clone(), record.healthy))
-            .collect()
-    }
-
-    /// State-machine time: the largest `time_ms` applied.
-    pub fn now_ms(&self) -> u64 {
-        self.now_ms
-    }
-
-    /// The lock expiration `E`.
-    pub fn lock_expiration_ms(&self) -> u64 {
-        self.lock_expiration_ms
-    }
-
-    /// The caps in force.
-    pub fn caps(&self) -> Caps {
-        self.caps
-    }
-
-    /// Every runner record by address (live or not).
-    pub fn runners(&self) -> &HashMap<String, RunnerRecord> {
-        &self.runners
-    }
-
-    /// Every lock record by shard id (held or expired).
-    pub fn locks(&self) -> &HashMap<String, LockRecord> {
-        &self.locks
-    }
-
-    /// Whether `record` is held at `now_ms`: `acquired_at >= now - E`.
-    pub fn is_held(&self, record: &LockRecord, now_ms: u64) -> bool {
-        record.acquired_at_ms.saturating_add(self.lock_expiration_ms) >= now_ms
-    }
-
-    /// Whether `record` is live at `now_ms`: `last_heartbeat > now - E`.
-    pub fn is_live(&self, record: &RunnerRecord, now_ms: u64) -> bool {
-        record.last_heartbeat_ms.saturating_add(self.lock_expiration_ms) > now_ms
-    }
-
-    fn dedup_idle_ms(&self) -> u64 {
-        self.lock_expiration_ms.saturating_mul(limits::DEDUP_CLIENT_IDLE_EXPIRATIONS)
-    }
-
-    pub(crate) fn cap_error(what: &str, cap: usize) -> Error {
-        Error::ResourceExhausted(format!("{what} would pass the cluster-wide cap of {cap}"))
     }
 }

@@ -1,14 +1,13 @@
 //! The runner table: registration, liveness sweeps, health and machine ids.
 
-use super::{RunnerRecord, State};
+use super::{Namespace, RunnerRecord, State};
 use crate::error::Result;
 use crate::limits::MACHINE_ID_RESIDUES;
 
-impl State {
+impl Namespace {
     /// Upserts the runner at `address` with `last_heartbeat = now`; a present
     /// address keeps its machine id. Returns the machine id.
-    pub(super) fn register(&mut self, address: &str, runner: &str, healthy: bool) -> Result<i64> {
-        let now_ms = self.now_ms;
+    pub(super) fn register(&mut self, address: &str, runner: &str, healthy: bool, now_ms: u64) -> Result<i64> {
         if let Some(record) = self.runners.get_mut(address) {
             record.runner = runner.to_owned();
             record.healthy = healthy;
@@ -60,8 +59,7 @@ impl State {
 
     /// Deletes the runner at `address` and every runner that is not live.
     /// Locks are untouched: they expire.
-    pub(super) fn unregister(&mut self, address: &str) {
-        let now_ms = self.now_ms;
+    pub(super) fn unregister(&mut self, address: &str, now_ms: u64) {
         let lock_expiration_ms = self.lock_expiration_ms;
         let machine_ids = &mut self.machine_ids;
         self.runners.retain(|runner_address, record| {
@@ -83,8 +81,7 @@ impl State {
     }
 
     /// `last_heartbeat = now` for a registered runner; a no-op otherwise.
-    pub(super) fn heartbeat(&mut self, address: &str) {
-        let now_ms = self.now_ms;
+    pub(super) fn heartbeat(&mut self, address: &str, now_ms: u64) {
         if let Some(record) = self.runners.get_mut(address) {
             record.last_heartbeat_ms = now_ms;
         }

@@ -11,6 +11,12 @@ use proptest::prelude::*;
 use super::*;
 use crate::model::RequestId;
 
+/// The default namespace of `state` (empty when it holds nothing).
+fn default_namespace(state: &State) -> Namespace {
+    let empty = || Namespace::new(state.lock_expiration_ms(DEFAULT_NAMESPACE), Caps::default());
+    state.namespace(DEFAULT_NAMESPACE).cloned().unwrap_or_else(empty)
+}
+
 /// The lock expiration `E` of these tests: small numbers make boundaries readable.
 const E: u64 = 1_000;
 
@@ -59,14 +65,15 @@ fn check_from(mut state: State, steps: Vec<Step>) -> State {
                 check_reply(index, &envelope, &before, &state, reply, &expect);
             }
             Step::Runners(now_ms, expect) => {
-                assert_eq!(state.get_runners(now_ms), expect, "step {index}: get_runners({now_ms})");
+                assert_eq!(state.get_runners(DEFAULT_NAMESPACE, now_ms), expect, "step {index}: get_runners({now_ms})");
             }
             Step::Lock(shard_id, expect) => {
-                let record = state.locks().get(shard_id).map(|r| (r.address.as_str(), r.acquired_at_ms));
+                let namespace = default_namespace(&state);
+                let record = namespace.locks().get(shard_id).map(|r| (r.address.as_str(), r.acquired_at_ms));
                 assert_eq!(record, expect, "step {index}: lock record of {shard_id}");
             }
             Step::MachineId(address, expect) => {
-                let machine_id = state.runners().get(&address).map(|record| record.machine_id);
+                let machine_id = default_namespace(&state).runners().get(&address).map(|record| record.machine_id);
                 assert_eq!(machine_id, expect, "step {index}: machine id of {address}");
             }
             Step::DedupSizes(clients, answers) => {
@@ -114,11 +121,16 @@ fn runner_json_groups(address: &str, group: &str) -> String {
 }
 
 fn at(time_ms: u64, command: Command) -> Envelope {
-    Envelope { time_ms, request_id: None, command }
+    Envelope { namespace: DEFAULT_NAMESPACE.into(), time_ms, request_id: None, command }
 }
 
 fn with_request(time_ms: u64, client_id: &str, sequence: u64, command: Command) -> Envelope {
-    Envelope { time_ms, request_id: Some(RequestId { client_id: client_id.into(), sequence }), command }
+    Envelope {
+        namespace: DEFAULT_NAMESPACE.into(),
+        time_ms,
+        request_id: Some(RequestId { client_id: client_id.into(), sequence }),
+        command,
+    }
 }
 
 fn ok(envelope: Envelope, reply: Reply) -> Step {
@@ -514,7 +526,7 @@ fn machine_id_past_1024_only_when_every_residue_is_used() {
         ok(at(0, register("w:1", true)), id(1)),
     ]);
     let state = check(steps);
-    assert_eq!(state.runners().len(), 1023);
+    assert_eq!(default_namespace(&state).runners().len(), 1023);
 }
 
 #[test]
@@ -1156,7 +1168,12 @@ fn envelopes(ops: &[Op]) -> Vec<Envelope> {
     ops.iter()
         .map(|op| {
             time_ms = (time_ms + op.time_delta_ms).max(0);
-            Envelope { time_ms: time_ms as u64, request_id: op.request_id.clone(), command: op.command.clone() }
+            Envelope {
+                namespace: DEFAULT_NAMESPACE.into(),
+                time_ms: time_ms as u64,
+                request_id: op.request_id.clone(),
+                command: op.command.clone(),
+            }
         })
         .collect()
 }
@@ -1171,8 +1188,8 @@ fn normalized(reply: Reply) -> Reply {
 
 fn assert_same_as_reference(index: usize, state: &State, reference: &Reference) {
     assert_eq!(state.now_ms(), reference.now_ms, "op {index}: now");
-    assert_eq!(state.lock_expiration_ms(), reference.lock_expiration_ms, "op {index}: E");
-    let runners: BTreeMap<_, _> = state
+    assert_eq!(state.lock_expiration_ms(DEFAULT_NAMESPACE), reference.lock_expiration_ms, "op {index}: E");
+    let runners: BTreeMap<_, _> = default_namespace(state)
         .runners()
         .iter()
         .map(|(a, r)| (a.clone(), (r.runner.clone(), r.healthy, r.machine_id, r.last_heartbeat_ms)))
@@ -1183,15 +1200,22 @@ fn assert_same_as_reference(index: usize, state: &State, reference: &Reference) 
         .map(|r| (r.address.clone(), (r.runner.clone(), r.healthy, r.machine_id, r.heartbeat_ms)))
         .collect();
     assert_eq!(runners, expected, "op {index}: runner records");
-    let locks: BTreeMap<_, _> =
-        state.locks().iter().map(|(s, l)| (s.clone(), (l.address.clone(), l.acquired_at_ms))).collect();
+    let locks: BTreeMap<_, _> = default_namespace(state)
+        .locks()
+        .iter()
+        .map(|(s, l)| (s.clone(), (l.address.clone(), l.acquired_at_ms)))
+        .collect();
     let expected: BTreeMap<_, _> =
         reference.locks.iter().map(|l| (l.shard_id.to_string(), (l.address.clone(), l.acquired_at_ms))).collect();
     assert_eq!(locks, expected, "op {index}: lock records");
     assert_eq!(state.dedup_sizes(), reference.dedup_sizes(), "op {index}: dedup sizes");
     let e = reference.lock_expiration_ms;
     for now_ms in [0, reference.now_ms + e - 1, reference.now_ms + e, reference.now_ms + 3 * e] {
-        assert_eq!(state.get_runners(now_ms), reference.get_runners(now_ms), "op {index}: get_runners({now_ms})");
+        assert_eq!(
+            state.get_runners(DEFAULT_NAMESPACE, now_ms),
+            reference.get_runners(now_ms),
+            "op {index}: get_runners({now_ms})"
+        );
     }
 }
 
@@ -1242,7 +1266,7 @@ proptest! {
             prop_assert_eq!(&from_postcard.apply(envelope), &reply, "{:?}", envelope);
             prop_assert_eq!(&from_json.apply(envelope), &reply, "{:?}", envelope);
             let now_ms = envelope.time_ms;
-            prop_assert_eq!(from_postcard.get_runners(now_ms), state.get_runners(now_ms));
+            prop_assert_eq!(from_postcard.get_runners(DEFAULT_NAMESPACE, now_ms), state.get_runners(DEFAULT_NAMESPACE, now_ms));
         }
         prop_assert_eq!(&from_postcard, &state);
         prop_assert_eq!(&from_json, &state);

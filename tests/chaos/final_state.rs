@@ -21,7 +21,7 @@ use runner_storage::client::Client;
 use runner_storage::raft::data_dir::{DataDir, Durability};
 use runner_storage::raft::log_store::LogStore;
 use runner_storage::raft::sm_store::StateMachineStore;
-use runner_storage::state_machine::State;
+use runner_storage::state_machine::{State, DEFAULT_NAMESPACE};
 use tokio::time::Instant;
 
 use crate::history::{LabClock, Observation, ObservedLock, ObservedRunner};
@@ -64,9 +64,10 @@ async fn state_at(data_dir: &Path, index: u64) -> Result<State, String> {
 
 fn final_state_of(state: &State, at_us: i64) -> Observation {
     let now_ms = state.now_ms();
-    let mut locks: Vec<ObservedLock> = state
-        .locks()
-        .iter()
+    let namespace = state.namespace(DEFAULT_NAMESPACE);
+    let mut locks: Vec<ObservedLock> = namespace
+        .into_iter()
+        .flat_map(|namespace| namespace.locks().iter())
         .map(|(shard_id, lock)| ObservedLock {
             shard_id: shard_id.clone(),
             address: lock.address.clone(),
@@ -74,9 +75,9 @@ fn final_state_of(state: &State, at_us: i64) -> Observation {
         })
         .collect();
     locks.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
-    let mut runners: Vec<ObservedRunner> = state
-        .runners()
-        .iter()
+    let mut runners: Vec<ObservedRunner> = namespace
+        .into_iter()
+        .flat_map(|namespace| namespace.runners().iter())
         .map(|(address, record)| ObservedRunner {
             address: address.clone(),
             runner: record.runner.clone(),
@@ -90,7 +91,7 @@ fn final_state_of(state: &State, at_us: i64) -> Observation {
         source: "final state".into(),
         runners_at: (at_us, at_us),
         locks_at: (at_us, at_us),
-        lock_expiration_ms: state.lock_expiration_ms(),
+        lock_expiration_ms: state.lock_expiration_ms(DEFAULT_NAMESPACE),
         locks,
         runners,
     }

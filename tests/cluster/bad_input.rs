@@ -27,30 +27,36 @@ enum Call {
 async fn send(channel: Channel, call: Call) -> Result<(), tonic::Status> {
     let mut client = RunnerStorageClient::new(channel.clone());
     match call {
-        Call::Register { address, runner, request_id } => {
-            client.register(pb::RegisterRequest { address, runner, healthy: true, request_id }).await.map(drop)
-        }
+        Call::Register { address, runner, request_id } => client
+            .register(pb::RegisterRequest { address, runner, healthy: true, request_id, ..Default::default() })
+            .await
+            .map(drop),
         Call::Unregister(address) => {
-            client.unregister(pb::UnregisterRequest { address, request_id: None }).await.map(drop)
+            client.unregister(pb::UnregisterRequest { address, request_id: None, ..Default::default() }).await.map(drop)
         }
         Call::SetRunnerHealth(address) => {
-            let request = pb::SetRunnerHealthRequest { address, healthy: false, request_id: None };
+            let request =
+                pb::SetRunnerHealthRequest { address, healthy: false, request_id: None, ..Default::default() };
             client.set_runner_health(request).await.map(drop)
         }
-        Call::Acquire(address, shard_ids) => {
-            client.acquire(pb::AcquireRequest { address, shard_ids, request_id: None }).await.map(drop)
-        }
-        Call::Refresh(address, shard_ids) => {
-            client.refresh(pb::RefreshRequest { address, shard_ids, request_id: None }).await.map(drop)
-        }
-        Call::Release(address, shard_id) => {
-            client.release(pb::ReleaseRequest { address, shard_id, request_id: None }).await.map(drop)
-        }
-        Call::ReleaseAll(address) => {
-            client.release_all(pb::ReleaseAllRequest { address, request_id: None }).await.map(drop)
-        }
+        Call::Acquire(address, shard_ids) => client
+            .acquire(pb::AcquireRequest { address, shard_ids, request_id: None, ..Default::default() })
+            .await
+            .map(drop),
+        Call::Refresh(address, shard_ids) => client
+            .refresh(pb::RefreshRequest { address, shard_ids, request_id: None, ..Default::default() })
+            .await
+            .map(drop),
+        Call::Release(address, shard_id) => client
+            .release(pb::ReleaseRequest { address, shard_id, request_id: None, ..Default::default() })
+            .await
+            .map(drop),
+        Call::ReleaseAll(address) => client
+            .release_all(pb::ReleaseAllRequest { address, request_id: None, ..Default::default() })
+            .await
+            .map(drop),
         Call::SetLockExpiration(lock_expiration_ms) => AdminClient::new(channel)
-            .set_lock_expiration(pb::SetLockExpirationRequest { lock_expiration_ms })
+            .set_lock_expiration(pb::SetLockExpirationRequest { lock_expiration_ms, ..Default::default() })
             .await
             .map(drop),
     }
@@ -170,4 +176,46 @@ async fn malformed_input_is_refused_by_every_node_and_changes_nothing() {
     // g:2 came first in refused acquires: it must still be free; g:1 still h:1's.
     assert_eq!(client.acquire("probe:1", &["g:1".into(), "g:2".into()]).await.unwrap(), ["g:2"]);
     assert_eq!(client.refresh("h:1", &["g:1".into()]).await.unwrap(), ["g:1"]);
+}
+
+/// A namespace longer than 255 bytes or holding a control character is
+/// refused, naming the namespace, by reads, writes and admin calls alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_namespace_is_refused_naming_it() {
+    let cluster = TestCluster::start(1);
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let uri = format!("http://{}", cluster.address(1));
+    let channel = Channel::from_shared(uri).expect("an endpoint URI").connect().await.expect("connect");
+    let mut client = RunnerStorageClient::new(channel.clone());
+    let mut admin = AdminClient::new(channel);
+    for namespace in ["n".repeat(256), "with\nnewline".to_owned()] {
+        let refusals = [
+            client.get_runners(pb::GetRunnersRequest { namespace: namespace.clone() }).await.map(drop),
+            client
+                .register(pb::RegisterRequest {
+                    address: "h:1".into(),
+                    runner: runner_json("h", 1),
+                    namespace: namespace.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            admin
+                .ensure_lock_expiration(pb::EnsureLockExpirationRequest {
+                    lock_expiration_ms: 35_000,
+                    namespace: namespace.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            admin.status(pb::StatusRequest { namespace: namespace.clone() }).await.map(drop),
+        ];
+        for refused in refusals {
+            let status = refused.expect_err("a malformed namespace was accepted");
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+            assert!(status.message().contains("namespace"), "{:?} names the namespace", status.message());
+        }
+    }
+    let namespaces = admin.list_namespaces(pb::ListNamespacesRequest {}).await.unwrap().into_inner().namespaces;
+    assert!(namespaces.is_empty(), "nothing was created: {namespaces:?}");
 }

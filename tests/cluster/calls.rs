@@ -31,7 +31,7 @@ async fn a_forwarded_answer_names_the_leader() {
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     let uri = format!("http://{}", cluster.address(follower));
     let channel = Channel::from_shared(uri).expect("an endpoint URI").connect().await.expect("connect");
-    let answer = RunnerStorageClient::new(channel).get_runners(pb::GetRunnersRequest {}).await.unwrap();
+    let answer = RunnerStorageClient::new(channel).get_runners(pb::GetRunnersRequest::default()).await.unwrap();
     let named = answer.metadata().get("x-runner-storage-leader").map(|value| value.to_str().unwrap().to_owned());
     assert_eq!(named, Some(cluster.address(leader)), "follower {follower} forwarded to leader {leader}");
     let direct = runner_storage::client::Client::new(vec![cluster.address(leader)]).unwrap();

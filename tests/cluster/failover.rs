@@ -56,7 +56,7 @@ async fn a_follower_holds_a_call_through_the_election_after_the_leader_dies() {
     let uri = format!("http://{}", cluster.address(follower));
     let channel = Channel::from_shared(uri).expect("an endpoint URI").connect().await.expect("connect");
     let mut one_attempt = RunnerStorageClient::new(channel);
-    one_attempt.get_runners(pb::GetRunnersRequest {}).await.expect("forwarded before the kill");
+    one_attempt.get_runners(pb::GetRunnersRequest::default()).await.expect("forwarded before the kill");
 
     cluster.kill(old_leader);
     // With a request id the follower may place the call again even when its
@@ -67,6 +67,7 @@ async fn a_follower_holds_a_call_through_the_election_after_the_leader_dies() {
         runner: runner_json("held", 1),
         healthy: true,
         request_id: Some(pb::RequestId { client_id: "held-client".into(), sequence: 1 }),
+        ..Default::default()
     };
     let answer = one_attempt.register(request).await.expect("one attempt through a follower across the failover");
     let new_leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
@@ -181,10 +182,10 @@ async fn a_leader_that_lost_its_quorum_refuses_calls_saying_why() {
         address: "cut-off:1".into(),
         runner: runner_json("cut-off", 1),
         healthy: true,
-        request_id: None,
+        ..Default::default()
     };
     let refused = one_attempt.register(request).await.expect_err("a leader without a quorum cannot commit");
-    let reads = one_attempt.get_runners(pb::GetRunnersRequest {}).await.expect_err("nor pass a read barrier");
+    let reads = one_attempt.get_runners(pb::GetRunnersRequest::default()).await.expect_err("nor pass a read barrier");
     for id in &followers {
         cluster.resume(*id);
     }

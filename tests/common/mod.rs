@@ -276,12 +276,18 @@ impl TestCluster {
     }
 
     pub fn client(&self) -> Client {
+        self.client_in("")
+    }
+
+    /// A client whose calls act in `namespace` (`""`: the default one).
+    pub fn client_in(&self, namespace: &str) -> Client {
         let tls =
             self.tuning.tls_dir.as_ref().map(|dir| {
                 runner_storage::transport::Dialer::client_tls(&dir.join("ca.pem")).expect("read the test CA")
             });
         let dialer = runner_storage::transport::Dialer::new(tls, self.tuning.auth_token.as_deref()).expect("dialer");
-        let options = runner_storage::client::ClientOptions { dialer, ..Default::default() };
+        let options =
+            runner_storage::client::ClientOptions { dialer, namespace: namespace.to_owned(), ..Default::default() };
         Client::with_options(self.endpoints(), options).expect("client")
     }
 

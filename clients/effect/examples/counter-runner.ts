@@ -8,7 +8,9 @@
  * Environment (all optional):
  *   RS_ENDPOINTS  runner-storage nodes  (default 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003)
  *   RUNNER_PORT   this runner's socket port (default 34431)
- *   RS_LOCK_EXPIRATION_MS  the store's E, must match shardLockExpiration (default 35000)
+ *   RS_LOCK_EXPIRATION_MS  this runner's shardLockExpiration (default 35000): the layer
+ *                 makes the namespace's E equal to it, or refuses to start if
+ *                 the namespace already runs with another E
  *   RS_STAY=1     keep running after the demo (start several with different
  *                 RUNNER_PORTs to watch the shards split between them)
  */
@@ -25,6 +27,7 @@ import * as RunnerAddress from "effect/cluster/RunnerAddress"
 import * as RunnerStorage from "effect/cluster/RunnerStorage"
 import * as Sharding from "effect/cluster/Sharding"
 import * as ShardId from "effect/cluster/ShardId"
+import * as ShardingConfig from "effect/cluster/ShardingConfig"
 import * as Rpc from "effect/rpc/Rpc"
 import { RunnerStorageGrpc } from "../src/index.js"
 
@@ -46,20 +49,21 @@ const CounterLive = Counter.toLayer(Effect.gen(function*() {
   })
 }))
 
+const shardingConfig = {
+  runnerAddress: Option.some(RunnerAddress.make("127.0.0.1", port)),
+  shardLockExpiration: lockExpiration
+}
+
 // The storage: any subset of the nodes works; the client follows the leader.
+// Given the runner's ShardingConfig, it makes the namespace's E equal to
+// shardLockExpiration (or fails, naming both, if the namespace runs with another).
 const StorageLive = RunnerStorageGrpc.layer({
   endpoints,
   deadline: "5 seconds", // one logical call, retries included
   attemptTimeout: "2 seconds" // one try at one node
-})
+}).pipe(Layer.provide(ShardingConfig.layer(shardingConfig)))
 
-const ClusterLive = NodeClusterSocket.layer({
-  storage: "byo",
-  shardingConfig: {
-    runnerAddress: Option.some(RunnerAddress.make("127.0.0.1", port)),
-    shardLockExpiration: lockExpiration
-  }
-}).pipe(
+const ClusterLive = NodeClusterSocket.layer({ storage: "byo", shardingConfig }).pipe(
   Layer.provide(MessageStorage.layerNoop) // volatile messages only, sent runner to runner
 )
 

@@ -1,523 +1,261 @@
 /**
- * Effect cluster `RunnerStorage` backed by a runner-storage cluster over gRPC.
+ * Effect cluster `RunnerStorage` backed by a runner-storage cluster over
+ * gRPC: `layer(options)` for code, `layerConfig(...)` from `Config`, `make`
+ * for the client with the admin calls.
  *
- * The gRPC calls implement Effect's string-level `RunnerStorage.Encoded`
- * interface; `layer` adapts it with Effect's own `RunnerStorage.makeEncoded`,
- * so runner/shard encoding is byte-exact with Effect's SQL storage.
- *
- * Behaviour of every call:
- * - it goes to the endpoint that last answered; when none is known it asks the
- *   nodes' `Admin.Status` for the leader (and follows `leader_address` hints);
- * - `UNAVAILABLE`, broken connections and an attempt timing out are retried on
- *   the next endpoint after a backoff (`retrySchedule`), until `deadline`;
- * - `INVALID_ARGUMENT`, `FAILED_PRECONDITION`, `RESOURCE_EXHAUSTED` (and any
- *   other status) are not retried;
- * - every write carries a `RequestId { client_id, sequence }`: one random
- *   client id per layer instance, a sequence that increases per logical call
- *   and is reused by that call's retries, so the store applies it once;
- * - every failure is a `PersistenceError` whose `cause` is a
- *   `RunnerStorageCallError` (gRPC code, details, endpoint, attempts).
- *
- * The gRPC channels are closed when the layer's scope closes.
+ * Building the layer validates the options (a named error for each wrong
+ * one), opens nothing yet (HTTP/2 sessions are dialled on the first call and
+ * shared by every instance of the process), and applies the E rule when a
+ * `ShardingConfig` is in the context:
+ * - `shardLockRefreshInterval` must be at most `shardLockExpiration / 2`;
+ * - `Admin.EnsureLockExpiration` makes the namespace's E the runner's
+ *   `shardLockExpiration` when nobody set it, and the layer fails with
+ *   `LockExpirationMismatchError` when the namespace runs with another E
+ *   (unless `takeOverLockExpiration`).
  */
-import * as grpc from "@grpc/grpc-js"
-import { randomUUID } from "node:crypto"
+import * as Config from "effect/Config"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as Schedule from "effect/Schedule"
+import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
-import * as Semaphore from "effect/Semaphore"
 import { PersistenceError } from "effect/cluster/ClusterError"
 import * as RunnerStorage from "effect/cluster/RunnerStorage"
+import * as ShardingConfig from "effect/cluster/ShardingConfig"
+import { Client, methods } from "./client.js"
+import * as codec from "./codec.js"
 import {
-  type AdminMethod,
-  type DynamicClient,
-  type GetRunnersResponse,
-  loadProto,
-  type RegisterResponse,
-  type RequestId,
-  type ShardIdsResponse,
-  type StatusResponse,
-  type StorageMethod
-} from "./proto.js"
+  InvalidShardingConfigError,
+  LockExpirationMismatchError,
+  RunnerStorageCallError,
+  type RunnerStorageLayerError
+} from "./errors.js"
+import { config, type Options, resolve } from "./options.js"
+import { makeEncoded as encodedOf, makeStorage } from "./storage.js"
+import { Code } from "./transport.js"
 
-// -----------------------------------------------------------------------------
-// options
-// -----------------------------------------------------------------------------
+/** How long `status` waits for each node. */
+const STATUS_TIMEOUT_MS_MAX = 2000
 
-export interface Options {
-  /**
-   * The runner-storage nodes, as `"host:port"` (a comma-separated string is
-   * accepted too). Any node will do: followers forward to the leader, and the
-   * client follows the leader it learns from `Admin.Status`.
-   */
-  readonly endpoints: ReadonlyArray<string> | string
-  /**
-   * Time budget of one logical call, retries included. Default: 5 seconds.
-   */
-  readonly deadline?: Duration.Input | undefined
-  /**
-   * Time budget of one attempt at one endpoint (capped by what is left of
-   * `deadline`). An attempt that runs out is retried at another endpoint.
-   * Default: 2 seconds.
-   */
-  readonly attemptTimeout?: Duration.Input | undefined
-  /**
-   * Delay between attempts of one call. Retrying also stops when the
-   * schedule ends or the deadline passes. Default: exponential from 25 ms,
-   * doubling, capped at 500 ms, jittered.
-   */
-  readonly retrySchedule?: Schedule.Schedule<unknown, RunnerStorageCallError> | undefined
-  /**
-   * The `RequestId.client_id` of this instance. Default: a random UUID.
-   */
-  readonly clientId?: string | undefined
-  /**
-   * Path of `runner_storage.proto`. Default: the copy shipped in the package,
-   * or the repository's `proto/` when used from the repository.
-   */
-  readonly protoPath?: string | undefined
-  /** Default: insecure (plaintext) credentials. */
-  readonly credentials?: grpc.ChannelCredentials | undefined
-  /** Extra grpc-js channel options. */
-  readonly channelOptions?: grpc.ChannelOptions | undefined
+/** The E a namespace runs with after `ensureLockExpiration`. */
+export interface LockExpiration {
+  readonly namespace: string
+  readonly lockExpirationMs: number
+  /** E had been set before this call (by another runner or an admin). */
+  readonly previouslySet: boolean
 }
 
-export const defaultDeadline: Duration.Duration = Duration.seconds(5)
-export const defaultAttemptTimeout: Duration.Duration = Duration.seconds(2)
-
-export const defaultRetrySchedule: Schedule.Schedule<Duration.Duration, unknown> = Schedule.min([
-  Schedule.exponential(Duration.millis(25), 2),
-  Schedule.spaced(Duration.millis(500))
-]).pipe(Schedule.jittered)
-
-const defaultChannelOptions: grpc.ChannelOptions = {
-  // come back quickly after a node restarts (grpc-js defaults: 1 s .. 120 s)
-  "grpc.initial_reconnect_backoff_ms": 100,
-  "grpc.max_reconnect_backoff_ms": 1000,
-  "grpc.keepalive_time_ms": 30_000,
-  "grpc.keepalive_timeout_ms": 10_000
-}
-
-// -----------------------------------------------------------------------------
-// errors
-// -----------------------------------------------------------------------------
-
-/**
- * The cause carried by every `PersistenceError` of this client.
- */
-export class RunnerStorageCallError extends Error {
-  readonly _tag = "RunnerStorageCallError"
-  /** gRPC status code (`grpc.status`). */
-  readonly code: grpc.status
-  /** Name of the code, e.g. `"UNAVAILABLE"`. */
-  readonly codeName: string
-  /** The status message from the server or the transport. */
-  readonly details: string
-  /** `runner_storage.v1.<Service>/<Method>`. */
-  readonly method: string
-  /** The endpoint of the last attempt, if any. */
-  readonly endpoint: string | undefined
-  /** Whether another attempt may succeed. */
-  readonly retryable: boolean
-  /** Attempts made so far by the logical call. */
-  readonly attempts: number
-
-  constructor(props: {
-    readonly code: grpc.status
-    readonly details: string
-    readonly method: string
-    readonly endpoint: string | undefined
-    readonly retryable: boolean
-    readonly attempts: number
-    readonly cause?: unknown
-  }) {
-    const codeName = grpc.status[props.code] ?? String(props.code)
-    super(
-      `runner-storage ${props.method}${props.endpoint ? ` at ${props.endpoint}` : ""} failed ` +
-        `after ${props.attempts} attempt(s): ${codeName}: ${props.details}`,
-      props.cause === undefined ? undefined : { cause: props.cause }
-    )
-    this.name = "RunnerStorageCallError"
-    this.code = props.code
-    this.codeName = codeName
-    this.details = props.details
-    this.method = props.method
-    this.endpoint = props.endpoint
-    this.retryable = props.retryable
-    this.attempts = props.attempts
-  }
-}
-
-// Transport failures that grpc-js does not always report as UNAVAILABLE.
-const BROKEN_CONNECTION =
-  /RST_STREAM|Session closed|ECONNRESET|ECONNREFUSED|EPIPE|ETIMEDOUT|socket hang up|Connection dropped|GOAWAY|No connection established|connection (?:closed|reset|refused)|transport error|broken pipe/i
-
-const NEVER_RETRIED: ReadonlySet<grpc.status> = new Set([
-  grpc.status.INVALID_ARGUMENT,
-  grpc.status.FAILED_PRECONDITION,
-  grpc.status.RESOURCE_EXHAUSTED
-])
-
-const isRetryable = (code: grpc.status, details: string, deadlineLeft: boolean): boolean => {
-  if (NEVER_RETRIED.has(code)) return false
-  switch (code) {
-    case grpc.status.UNAVAILABLE:
-      return true
-    case grpc.status.DEADLINE_EXCEEDED:
-      // the attempt's own timeout, not the call's
-      return deadlineLeft
-    case grpc.status.CANCELLED:
-    case grpc.status.INTERNAL:
-    case grpc.status.UNKNOWN:
-      return BROKEN_CONNECTION.test(details)
-    default:
-      return false
-  }
-}
-
-// -----------------------------------------------------------------------------
-// transport
-// -----------------------------------------------------------------------------
-
-interface Endpoint {
-  readonly address: string
-  readonly storage: DynamicClient<StorageMethod>
-  readonly admin: DynamicClient<AdminMethod>
-  failedAt: number
-}
-
-const unary = <Res, M extends string = string>(
-  client: DynamicClient<M>,
-  method: M,
-  request: object,
-  deadline: Date
-): Effect.Effect<Res, grpc.ServiceError | Error> =>
-  Effect.callback<Res, grpc.ServiceError | Error>((resume) => {
-    let call: grpc.ClientUnaryCall | undefined
-    try {
-      call = client[method](request, new grpc.Metadata(), { deadline }, (error, response) => {
-        if (error) resume(Effect.fail(error))
-        else resume(Effect.succeed(response as Res))
-      })
-    } catch (error) {
-      resume(Effect.fail(error instanceof Error ? error : new Error(String(error))))
-    }
-    return Effect.sync(() => call?.cancel())
-  })
-
-const normalizeEndpoints = (endpoints: ReadonlyArray<string> | string): Array<string> => {
-  const list = typeof endpoints === "string" ? endpoints.split(",") : [...endpoints]
-  const out: Array<string> = []
-  for (const raw of list) {
-    const endpoint = raw.trim()
-    if (endpoint === "") continue
-    if (!/^.+:\d{1,5}$/.test(endpoint)) {
-      throw new Error(`runner-storage: endpoint ${JSON.stringify(endpoint)} is not "host:port"`)
-    }
-    if (!out.includes(endpoint)) out.push(endpoint)
-  }
-  if (out.length === 0) throw new Error("runner-storage: no endpoints given")
-  return out
-}
-
-// a leader hint that cannot be dialled from elsewhere
-const isDialable = (address: string) =>
-  /^.+:\d{1,5}$/.test(address) && !address.startsWith("0.0.0.0:") && !address.startsWith("[::]:")
-
-/** Recently failed endpoints are tried last for this long. */
-const FAILURE_MEMORY_MS = 1000
-
-/**
- * The client with everything the layer uses, plus the admin calls.
- */
+/** The client: the `Encoded` calls, the typed storage, and the admin calls. */
 export interface RunnerStorageClient {
   /** Effect's string-level storage interface, over gRPC. */
   readonly encoded: RunnerStorage.Encoded
-  /** `Admin.SetLockExpiration`: sets the cluster-wide lock expiration E. */
+  /** The typed `RunnerStorage` (what `layer` provides). */
+  readonly storage: RunnerStorage.RunnerStorage["Service"]
+  /** The namespace of every call. */
+  readonly namespace: string
+  /** `Admin.SetLockExpiration`: sets the namespace's E, whatever it was. */
   readonly setLockExpiration: (expiration: Duration.Input) => Effect.Effect<void, PersistenceError>
-  /** `Admin.Status` of every known endpoint (each node's own view). */
+  /**
+   * `Admin.EnsureLockExpiration`: makes the namespace's E `expiration` if
+   * nobody set it before (or `takeOver`); answers the E in force after it.
+   */
+  readonly ensureLockExpiration: (
+    expiration: Duration.Input,
+    options?: { readonly takeOver?: boolean | undefined }
+  ) => Effect.Effect<LockExpiration, RunnerStorageCallError>
+  /** `Admin.ListNamespaces`: every namespace of the store with its E and counts. */
+  readonly listNamespaces: Effect.Effect<ReadonlyArray<codec.NamespaceInfo>, RunnerStorageCallError>
+  /** `Admin.Status` of every known endpoint (each node's own view; `undefined`: no answer). */
   readonly status: Effect.Effect<
-    ReadonlyArray<{ readonly endpoint: string; readonly status: StatusResponse | undefined; readonly error?: string }>
+    ReadonlyArray<{ readonly endpoint: string; readonly status: codec.StatusResponse | undefined }>
   >
-  /** The `RequestId.client_id` of this client. */
+  /** The `RequestId.client_id` of this client's writes. */
   readonly clientId: string
-  /** The endpoint that answered last (or was found to be the leader). */
+  /** The endpoint that answered last (or was found to lead). */
   readonly currentEndpoint: () => string | undefined
-  /** The endpoints known to this client (given ones and learned leader hints). */
+  /** The endpoints known (given ones and learned leader hints). */
   readonly endpoints: () => ReadonlyArray<string>
 }
 
-/**
- * Opens the gRPC channels (closed with the scope) and returns the client.
- */
-export const make = (options: Options): Effect.Effect<RunnerStorageClient, never, Scope.Scope> =>
+const millisOf = (input: Duration.Input) => Math.round(Duration.toMillis(Duration.fromInputUnsafe(input)))
+
+/** Validates the options and builds the client; its connection shares are released with the scope. */
+export const make = (
+  options: Options
+): Effect.Effect<RunnerStorageClient, RunnerStorageLayerError, Scope.Scope> =>
   Effect.gen(function*() {
-    const proto = loadProto(options.protoPath)
-    const initial = normalizeEndpoints(options.endpoints)
-    const deadlineMs = Duration.toMillis(Duration.fromInputUnsafe(options.deadline ?? defaultDeadline))
-    const attemptMs = Duration.toMillis(Duration.fromInputUnsafe(options.attemptTimeout ?? defaultAttemptTimeout))
-    const retrySchedule: Schedule.Schedule<unknown, RunnerStorageCallError> = options.retrySchedule ??
-      defaultRetrySchedule
-    const credentials = options.credentials ?? grpc.credentials.createInsecure()
-    const channelOptions: grpc.ChannelOptions = { ...defaultChannelOptions, ...options.channelOptions }
-    const clientId = options.clientId ?? randomUUID()
-
-    const endpoints: Array<Endpoint> = []
-    let closed = false
-    const addEndpoint = (address: string): Endpoint => {
-      const existing = endpoints.find((e) => e.address === address)
-      if (existing !== undefined) return existing
-      const endpoint: Endpoint = {
-        address,
-        storage: new proto.RunnerStorage(address, credentials, channelOptions),
-        admin: new proto.Admin(address, credentials, channelOptions),
-        failedAt: 0
-      }
-      endpoints.push(endpoint)
-      return endpoint
-    }
-
-    yield* Effect.acquireRelease(
-      Effect.sync(() => {
-        for (const address of initial) addEndpoint(address)
-      }),
-      () =>
-        Effect.sync(() => {
-          closed = true
-          for (const endpoint of endpoints) {
-            endpoint.storage.close()
-            endpoint.admin.close()
-          }
-        })
+    const resolved = yield* resolve(options)
+    const client = yield* Effect.acquireRelease(
+      Effect.sync(() => new Client(resolved)),
+      (client) => Effect.sync(() => client.close())
     )
-
-    let preferred: Endpoint | undefined
-    let roundRobin = 0
-    let sequence = 0
-    const discoveryLock = Semaphore.makeUnsafe(1)
-
-    const markFailed = (endpoint: Endpoint) => {
-      endpoint.failedAt = Date.now()
-      if (preferred === endpoint) preferred = undefined
-    }
-    const recentlyFailed = (endpoint: Endpoint) => Date.now() - endpoint.failedAt < FAILURE_MEMORY_MS
-
-    const statusOf = (endpoint: Endpoint, timeoutMs: number) =>
-      unary<StatusResponse, AdminMethod>(endpoint.admin, "Status", {}, new Date(Date.now() + timeoutMs)).pipe(
-        Effect.map((status) => ({ endpoint, status, error: undefined as string | undefined })),
-        Effect.catch((error) =>
-          Effect.succeed({ endpoint, status: undefined as StatusResponse | undefined, error: error.message })
-        )
-      )
-
-    const nextRoundRobin = (): Endpoint => {
-      for (let i = 0; i < endpoints.length; i++) {
-        const endpoint = endpoints[(roundRobin++) % endpoints.length]!
-        if (!recentlyFailed(endpoint)) return endpoint
-      }
-      return endpoints[(roundRobin++) % endpoints.length]!
-    }
-
-    // Finds where to send the next attempt: the leader if some node knows it,
-    // else a live node (it forwards or answers UNAVAILABLE), else the next one.
-    const discover = (deadlineAt: number): Effect.Effect<Endpoint> =>
-      discoveryLock.withPermits(1)(Effect.suspend(() => {
-        if (preferred !== undefined) return Effect.succeed(preferred)
-        const timeoutMs = Math.max(50, Math.min(1000, deadlineAt - Date.now()))
-        return Effect.forEach([...endpoints], (endpoint) => statusOf(endpoint, timeoutMs), {
-          concurrency: "unbounded"
-        }).pipe(Effect.map((results) => {
-          const answered = results.filter((r) => r.status !== undefined)
-          for (const r of results) if (r.status === undefined) r.endpoint.failedAt = Date.now()
-          const byTerm = [...answered].sort((a, b) => b.status!.term - a.status!.term)
-          const leaders = byTerm.filter((r) => r.status!.role === "leader")
-          // a leader that just failed a call (stepping down, lost its quorum)
-          // is tried again only when nothing else is left
-          const leader = leaders.find((r) => !recentlyFailed(r.endpoint))
-          if (leader !== undefined) {
-            preferred = leader.endpoint
-            return leader.endpoint
-          }
-          for (const r of byTerm) {
-            const hint = r.status!.leader_address
-            if (hint === "" || !isDialable(hint) || closed) continue
-            const endpoint = addEndpoint(hint)
-            if (!recentlyFailed(endpoint)) return endpoint
-          }
-          const live = answered.map((r) => r.endpoint).filter((e) => !recentlyFailed(e))
-          if (live.length > 0) return live[(roundRobin++) % live.length]!
-          if (leaders.length > 0) return leaders[0]!.endpoint
-          return nextRoundRobin()
-        }))
-      }))
-
-    const pick = (deadlineAt: number): Effect.Effect<Endpoint> =>
-      Effect.suspend(() => preferred !== undefined ? Effect.succeed(preferred) : discover(deadlineAt))
-
-    const invoke = <Res>(
-      service: "RunnerStorage" | "Admin",
-      method: StorageMethod | AdminMethod,
-      makeRequest: () => object
-    ): Effect.Effect<Res, PersistenceError> =>
+    const ensureLockExpiration = (expiration: Duration.Input, opts?: { readonly takeOver?: boolean | undefined }) =>
       Effect.suspend(() => {
-        const fullMethod = `runner_storage.v1.${service}/${method}`
-        const request = makeRequest() // once per logical call: retries reuse its RequestId
-        const deadlineAt = Date.now() + deadlineMs
-        let attempts = 0
-        let last: RunnerStorageCallError | undefined
-
-        const attempt: Effect.Effect<Res, RunnerStorageCallError> = Effect.gen(function*() {
-          if (closed) {
-            return yield* Effect.fail(
-              new RunnerStorageCallError({
-                code: grpc.status.CANCELLED,
-                details: "the client's scope is closed",
-                method: fullMethod,
-                endpoint: undefined,
-                retryable: false,
-                attempts
-              })
-            )
-          }
-          const endpoint = yield* pick(deadlineAt)
-          attempts++
-          const attemptDeadline = new Date(Math.min(deadlineAt, Date.now() + attemptMs))
-          const client = (service === "Admin" ? endpoint.admin : endpoint.storage) as unknown as DynamicClient<string>
-          return yield* unary<Res>(client, method, request, attemptDeadline).pipe(
-            Effect.tap(() =>
-              Effect.sync(() => {
-                endpoint.failedAt = 0
-                preferred = endpoint
-              })
-            ),
-            Effect.mapError((error) => {
-              const code: grpc.status = typeof (error as grpc.ServiceError).code === "number"
-                ? (error as grpc.ServiceError).code
-                : grpc.status.UNKNOWN
-              const details = (error as grpc.ServiceError).details ?? error.message
-              const retryable = isRetryable(code, details, Date.now() < deadlineAt - 5)
-              if (retryable) markFailed(endpoint)
-              last = new RunnerStorageCallError({
-                code,
-                details,
-                method: fullMethod,
-                endpoint: endpoint.address,
-                retryable,
-                attempts,
-                cause: error
-              })
-              return last
-            })
-          )
-        })
-
-        return attempt.pipe(
-          Effect.retry({
-            schedule: retrySchedule,
-            while: (error) => error.retryable && Date.now() < deadlineAt
-          }),
-          Effect.timeoutOrElse({
-            duration: Duration.millis(deadlineMs),
-            orElse: () =>
-              Effect.fail(
-                new RunnerStorageCallError({
-                  code: grpc.status.DEADLINE_EXCEEDED,
-                  details: `deadline of ${deadlineMs} ms exceeded` +
-                    (last ? `; last error: ${last.codeName}: ${last.details}` : ""),
-                  method: fullMethod,
-                  endpoint: last?.endpoint,
-                  retryable: false,
-                  attempts,
-                  cause: last
-                })
-              )
-          }),
-          Effect.mapError((cause) => new PersistenceError({ cause }))
+        const ms = millisOf(expiration)
+        const body = codec.encodeEnsureLockExpiration(
+          client.ns,
+          client.id,
+          client.nextSequence(),
+          ms,
+          opts?.takeOver ?? false
         )
-      })
-
-    const requestId = (): RequestId => ({ client_id: clientId, sequence: ++sequence })
-
-    const encoded: RunnerStorage.Encoded = {
-      getRunners: invoke<GetRunnersResponse>("RunnerStorage", "GetRunners", () => ({})).pipe(
-        Effect.map((response) => response.runners.map((entry) => [entry.runner, entry.healthy] as const))
-      ),
-      register: (address, runner, healthy) =>
-        invoke<RegisterResponse>("RunnerStorage", "Register", () => ({
-          address,
-          runner,
-          healthy,
-          request_id: requestId()
-        })).pipe(Effect.map((response) => Number(response.machine_id))),
-      unregister: (address) =>
-        Effect.asVoid(invoke("RunnerStorage", "Unregister", () => ({ address, request_id: requestId() }))),
-      setRunnerHealth: (address, healthy) =>
-        Effect.asVoid(
-          invoke("RunnerStorage", "SetRunnerHealth", () => ({ address, healthy, request_id: requestId() }))
-        ),
-      acquire: (address, shardIds) =>
-        invoke<ShardIdsResponse>("RunnerStorage", "Acquire", () => ({
-          address,
-          shard_ids: shardIds,
-          request_id: requestId()
-        })).pipe(Effect.map((response) => [...response.shard_ids])),
-      refresh: (address, shardIds) =>
-        invoke<ShardIdsResponse>("RunnerStorage", "Refresh", () => ({
-          address,
-          shard_ids: shardIds,
-          request_id: requestId()
-        })).pipe(Effect.map((response) => [...response.shard_ids])),
-      release: (address, shardId) =>
-        Effect.asVoid(
-          invoke("RunnerStorage", "Release", () => ({ address, shard_id: shardId, request_id: requestId() }))
-        ),
-      releaseAll: (address) =>
-        Effect.asVoid(invoke("RunnerStorage", "ReleaseAll", () => ({ address, request_id: requestId() })))
-    }
-
-    const setLockExpiration = (expiration: Duration.Input) =>
-      Effect.asVoid(
-        invoke("Admin", "SetLockExpiration", () => ({
-          lock_expiration_ms: Math.round(Duration.toMillis(Duration.fromInputUnsafe(expiration)))
+        return Effect.map(client.call(methods.ensureLockExpiration, body), (answer): LockExpiration => ({
+          namespace: resolved.namespace,
+          lockExpirationMs: answer.lockExpirationMs,
+          previouslySet: answer.previouslySet
         }))
-      )
-
+      })
     const status = Effect.suspend(() =>
-      Effect.forEach([...endpoints], (endpoint) => statusOf(endpoint, Math.min(deadlineMs, 2000)), {
-        concurrency: "unbounded"
-      })
-    ).pipe(
-      Effect.map((results) =>
-        results.map((r) => ({
-          endpoint: r.endpoint.address,
-          status: r.status,
-          ...(r.error !== undefined ? { error: r.error } : {})
-        }))
-      )
+      client.statusAll(Math.min(resolved.deadlineMs, STATUS_TIMEOUT_MS_MAX))
     )
-
     return {
-      encoded,
-      setLockExpiration,
+      encoded: encodedOf(client),
+      storage: makeStorage(client),
+      namespace: resolved.namespace,
+      setLockExpiration: (expiration) =>
+        Effect.suspend(() =>
+          client.call(methods.setLockExpiration, codec.encodeSetLockExpiration(client.ns, millisOf(expiration)))
+        ).pipe(Effect.asVoid, Effect.mapError((cause) => new PersistenceError({ cause }))),
+      ensureLockExpiration,
+      listNamespaces: Effect.suspend(() => client.call(methods.listNamespaces, codec.encodeEmpty())),
       status,
-      clientId,
-      currentEndpoint: () => preferred?.address,
-      endpoints: () => endpoints.map((e) => e.address)
+      clientId: resolved.clientId,
+      currentEndpoint: () => client.currentEndpoint(),
+      endpoints: () => client.knownEndpoints()
     } satisfies RunnerStorageClient
   })
 
-/**
- * The string-level `RunnerStorage.Encoded` over gRPC (channels closed with the
- * scope).
- */
-export const makeEncoded = (options: Options): Effect.Effect<RunnerStorage.Encoded, never, Scope.Scope> =>
+/** The string-level `RunnerStorage.Encoded` alone (connection shares released with the scope). */
+export const makeEncoded = (
+  options: Options
+): Effect.Effect<RunnerStorage.Encoded, RunnerStorageLayerError, Scope.Scope> =>
   Effect.map(make(options), (client) => client.encoded)
 
 /**
- * A `RunnerStorage` layer backed by a runner-storage cluster, built with
- * Effect's `RunnerStorage.makeEncoded`.
+ * The E rule, checked against the runner's `ShardingConfig`: its refresh
+ * interval at most E / 2, and the namespace's E equal to its
+ * `shardLockExpiration` (set on first use).
  */
-export const layer = (options: Options): Layer.Layer<RunnerStorage.RunnerStorage> =>
-  Layer.effect(RunnerStorage.RunnerStorage, Effect.map(makeEncoded(options), RunnerStorage.makeEncoded))
+export const applyLockExpirationRule = (
+  client: RunnerStorageClient,
+  sharding: ShardingConfig.ShardingConfig["Service"],
+  takeOver: boolean
+): Effect.Effect<LockExpiration, RunnerStorageLayerError> =>
+  Effect.gen(function*() {
+    const expirationMs = millisOf(sharding.shardLockExpiration)
+    const refreshMs = millisOf(sharding.shardLockRefreshInterval)
+    if (!(expirationMs >= 1)) {
+      return yield* Effect.fail(
+        new InvalidShardingConfigError({
+          shardLockRefreshIntervalMs: refreshMs,
+          shardLockExpirationMs: expirationMs,
+          reason: "shardLockExpiration must be at least 1 ms"
+        })
+      )
+    }
+    if (!(refreshMs <= expirationMs / 2)) {
+      return yield* Effect.fail(
+        new InvalidShardingConfigError({
+          shardLockRefreshIntervalMs: refreshMs,
+          shardLockExpirationMs: expirationMs,
+          reason: `the refresh interval must be at most half of the expiration (here at most ` +
+            `${Math.floor(expirationMs / 2)} ms), so that a runner whose refresh fails once (a store election, ` +
+            `a network hiccup) still refreshes before its locks expire and another runner takes its shards`
+        })
+      )
+    }
+    const answer = yield* client.ensureLockExpiration(expirationMs, { takeOver }).pipe(
+      Effect.catchIf(
+        (error) => error.code === Code.UNIMPLEMENTED,
+        (error) => ensureOnOlderStore(client, expirationMs, takeOver, error)
+      )
+    )
+    if (answer.lockExpirationMs !== expirationMs) {
+      return yield* Effect.fail(
+        new LockExpirationMismatchError({
+          namespace: answer.namespace,
+          runnerLockExpirationMs: expirationMs,
+          storeLockExpirationMs: answer.lockExpirationMs
+        })
+      )
+    }
+    return answer
+  })
+
+/**
+ * A store that predates namespaces ignores the namespace field: a client of
+ * another namespace would silently share "default". Its missing
+ * `Admin.ListNamespaces` tells.
+ */
+const checkNamespaceSupport = (client: RunnerStorageClient): Effect.Effect<void, RunnerStorageCallError> =>
+  client.namespace === "default"
+    ? Effect.void
+    : Effect.asVoid(client.listNamespaces).pipe(
+      Effect.mapError((error) => error.code === Code.UNIMPLEMENTED ? noNamespaces(client.namespace, error) : error)
+    )
+
+const noNamespaces = (namespace: string, error: RunnerStorageCallError) =>
+  new RunnerStorageCallError({
+    ...error,
+    details: `this store does not support namespaces (it has no Admin.${error.call}), so namespace ` +
+      `${JSON.stringify(namespace)} cannot be used with it: upgrade the store` + (error.details === "" ? "" : `; ${error.details}`)
+  })
+
+/**
+ * `Admin.EnsureLockExpiration` on a store that predates it (UNIMPLEMENTED):
+ * with the default namespace only, its one E is read from the leader's
+ * `Admin.Status` (and, with `takeOver`, set with `Admin.SetLockExpiration`).
+ */
+const ensureOnOlderStore = (
+  client: RunnerStorageClient,
+  expirationMs: number,
+  takeOver: boolean,
+  unimplemented: RunnerStorageCallError
+): Effect.Effect<LockExpiration, RunnerStorageCallError> =>
+  Effect.gen(function*() {
+    if (client.namespace !== "default") return yield* Effect.fail(noNamespaces(client.namespace, unimplemented))
+    const statuses = yield* client.status
+    const leader = statuses.map((s) => s.status).find((s) => s?.role === "leader")
+    if (leader === undefined) return yield* Effect.fail(unimplemented)
+    if (leader.lockExpirationMs !== expirationMs && takeOver) {
+      yield* Effect.mapError(client.setLockExpiration(expirationMs), () => unimplemented)
+      return { namespace: client.namespace, lockExpirationMs: expirationMs, previouslySet: true }
+    }
+    return { namespace: client.namespace, lockExpirationMs: leader.lockExpirationMs, previouslySet: true }
+  })
+
+/**
+ * A `RunnerStorage` layer backed by a runner-storage cluster. Reads
+ * `ShardingConfig` when the context has one and applies the E rule (see the
+ * module's documentation).
+ */
+export const layer = (options: Options): Layer.Layer<RunnerStorage.RunnerStorage, RunnerStorageLayerError> =>
+  Layer.effect(
+    RunnerStorage.RunnerStorage,
+    Effect.gen(function*() {
+      const client = yield* make(options)
+      const sharding = yield* Effect.serviceOption(ShardingConfig.ShardingConfig)
+      if (Option.isSome(sharding)) {
+        yield* applyLockExpirationRule(client, sharding.value, options.takeOverLockExpiration ?? false)
+      } else {
+        yield* checkNamespaceSupport(client)
+        yield* Effect.logWarning(
+          "runner-storage: no ShardingConfig in the layer's context, so its namespace's lock expiration is not " +
+            "checked against shardLockExpiration; provide the runner's ShardingConfig to this layer"
+        )
+      }
+      return client.storage
+    })
+  )
+
+/**
+ * `layer` with its options read from `Config`: by default `config` (the
+ * `RUNNER_STORAGE_*` keys), or any `Config.Wrap<Options>`, e.g.
+ * `layerConfig({ endpoints: Config.String("RS_ENDPOINTS"), token: Config.Redacted("RS_TOKEN") })`.
+ */
+export const layerConfig = (
+  options: Config.Wrap<Options> = config
+): Layer.Layer<RunnerStorage.RunnerStorage, RunnerStorageLayerError | Config.ConfigError> =>
+  Layer.unwrap(Effect.map(Config.unwrap(options), layer))
+
+export { config }

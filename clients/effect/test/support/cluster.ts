@@ -4,16 +4,25 @@
  * every process started here is killed when the test process ends.
  */
 import * as grpc from "@grpc/grpc-js"
-import { type ChildProcess, spawn } from "node:child_process"
+import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { dirname, join, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
-import { loadProto, type StatusResponse } from "../../src/proto.js"
+import { loadProto, type StatusResponse } from "./reference.js"
 
-// <pkg>/dist/test/support -> <pkg>
-export const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..", "..")
+/** The package's root: the nearest directory above this file with a package.json (source or dist). */
+const findPackageRoot = (): string => {
+  let dir = dirname(fileURLToPath(import.meta.url))
+  while (!existsSync(join(dir, "package.json"))) {
+    const parent = dirname(dir)
+    if (parent === dir) throw new Error("no package.json above the test support")
+    dir = parent
+  }
+  return dir
+}
+export const packageRoot = findPackageRoot()
 export const repoRoot = resolve(packageRoot, "..", "..")
 
 export const binaryPath = (): string =>
@@ -133,10 +142,26 @@ export const waitFor = async <A>(
 
 const proto = loadProto()
 
-export const adminStatus = (address: string, timeoutMs = 1000): Promise<StatusResponse> =>
+/** How the reference client reaches a (possibly secured) cluster. */
+export interface Access {
+  /** PEM of the cluster CA: TLS on. */
+  readonly ca?: Buffer | undefined
+  readonly token?: string | undefined
+}
+
+export const credentialsOf = (access: Access = {}): grpc.ChannelCredentials =>
+  access.ca !== undefined ? grpc.credentials.createSsl(access.ca) : grpc.credentials.createInsecure()
+
+export const metadataOf = (access: Access = {}): grpc.Metadata => {
+  const metadata = new grpc.Metadata()
+  if (access.token !== undefined) metadata.set("authorization", `Bearer ${access.token}`)
+  return metadata
+}
+
+export const adminStatus = (address: string, timeoutMs = 1000, access: Access = {}): Promise<StatusResponse> =>
   new Promise((resolveStatus, reject) => {
-    const client = new proto.Admin(address, grpc.credentials.createInsecure())
-    client.Status({}, new grpc.Metadata(), { deadline: new Date(Date.now() + timeoutMs) }, (error, response) => {
+    const client = new proto.Admin(address, credentialsOf(access))
+    client.Status({}, metadataOf(access), { deadline: new Date(Date.now() + timeoutMs) }, (error, response) => {
       client.close()
       if (error) reject(error)
       else resolveStatus(response as StatusResponse)
@@ -166,21 +191,45 @@ export interface Cluster {
   readonly start: (id: number) => void
   readonly stop: () => Promise<void>
   readonly logs: () => string
+  /** How to reach it: the CA (with TLS) and the token. */
+  readonly access: Access
+  /** The gen-certs.sh directory, with TLS. */
+  readonly tlsDir: string | undefined
 }
 
 export interface ClusterOptions {
   readonly size?: number
   readonly initialLockExpirationMs?: number
+  /** The node binary; default `binaryPath()`. */
+  readonly binary?: string
+  /** Extra top-level config lines for every node (before its tables). */
+  readonly extraConfig?: ReadonlyArray<string>
+  /** Extra `[raft]` lines for every node. */
+  readonly raftConfig?: ReadonlyArray<string>
+  /** TLS on: certificates made by scripts/gen-certs.sh (node1..nodeN). */
+  readonly tls?: boolean
+  /** The bearer token every node requires. */
+  readonly authToken?: string
 }
 
 export const startCluster = async (options: ClusterOptions = {}): Promise<Cluster> => {
-  const bin = binaryPath()
+  const bin = options.binary ?? binaryPath()
   if (!existsSync(bin)) {
     throw new Error(`runner-storage binary not found at ${bin} (build it, or set RUNNER_STORAGE_BIN)`)
   }
   const size = options.size ?? 3
   const dir = mkdtempSync(join(tmpdir(), "rs-effect-test-"))
   const ports = await freePorts(size)
+  let tlsDir: string | undefined
+  if (options.tls === true) {
+    tlsDir = join(dir, "certs")
+    const names = Array.from({ length: size }, (_, i) => `node${i + 1}`)
+    execFileSync("bash", [join(repoRoot, "scripts", "gen-certs.sh"), tlsDir, ...names], { stdio: "ignore" })
+  }
+  const access: Access = {
+    ...(tlsDir !== undefined ? { ca: readFileSync(join(tlsDir, "ca.pem")) } : {}),
+    ...(options.authToken !== undefined ? { token: options.authToken } : {})
+  }
   const nodes: Array<ClusterNode> = ports.map((port, i) => {
     const id = i + 1
     const nodeDir = join(dir, `node${id}`)
@@ -204,8 +253,20 @@ export const startCluster = async (options: ClusterOptions = {}): Promise<Cluste
     if (options.initialLockExpirationMs !== undefined) {
       lines.push(`initial_lock_expiration_ms = ${options.initialLockExpirationMs}`)
     }
+    if (options.authToken !== undefined) lines.push(`auth_token = "${options.authToken}"`)
+    lines.push(...(options.extraConfig ?? []))
     for (const peer of nodes) {
       lines.push("", "[[peers]]", `id = ${peer.id}`, `address = "${peer.address}"`)
+    }
+    if (options.raftConfig !== undefined) lines.push("", "[raft]", ...options.raftConfig)
+    if (tlsDir !== undefined) {
+      lines.push(
+        "",
+        "[tls]",
+        `ca = "${join(tlsDir, "ca.pem")}"`,
+        `cert = "${join(tlsDir, `node${node.id}.pem`)}"`,
+        `key = "${join(tlsDir, `node${node.id}-key.pem`)}"`
+      )
     }
     writeFileSync(node.configPath, lines.join("\n") + "\n")
   }
@@ -246,7 +307,7 @@ export const startCluster = async (options: ClusterOptions = {}): Promise<Cluste
         }
       }
       const live = nodes.filter(isRunning)
-      const statuses = await Promise.all(live.map((n) => adminStatus(n.address, 500).catch(() => undefined)))
+      const statuses = await Promise.all(live.map((n) => adminStatus(n.address, 500, access).catch(() => undefined)))
       for (let i = 0; i < live.length; i++) {
         const status = statuses[i]
         if (status?.role === "leader" && live[i]!.id !== excluding) return live[i]!
@@ -281,7 +342,9 @@ export const startCluster = async (options: ClusterOptions = {}): Promise<Cluste
     kill,
     start,
     stop,
-    logs
+    logs,
+    access,
+    tlsDir
   }
   try {
     await cluster.waitForLeader(20_000)

@@ -4,11 +4,10 @@
  */
 import { type ChildProcess, fork } from "node:child_process"
 import { closeSync, openSync, readFileSync } from "node:fs"
-import { dirname, join } from "node:path"
-import { fileURLToPath } from "node:url"
-import { atMost, freePort, track } from "./cluster.js"
+import { join } from "node:path"
+import { atMost, freePort, packageRoot, track } from "./cluster.js"
 
-const runnerScript = join(dirname(fileURLToPath(import.meta.url)), "..", "fixtures", "runner.js")
+const runnerScript = join(packageRoot, "dist", "test", "fixtures", "runner.js")
 
 export interface RefreshRecord {
   readonly start: number
@@ -25,6 +24,13 @@ export interface PingReply {
   readonly shard: string
 }
 
+/** What a runner reported holding at `t` (its Date.now()). */
+export interface Sample {
+  readonly runner: string
+  readonly t: number
+  readonly shards: ReadonlyArray<string>
+}
+
 export interface RunnerProcess {
   readonly name: string
   readonly address: string
@@ -37,6 +43,8 @@ export interface RunnerProcess {
   readonly refreshes: () => Promise<Array<RefreshRecord>>
   /** The shards this runner holds (`Sharding.hasShardId`), as "group:id". */
   readonly shards: () => Promise<Array<string>>
+  /** The runners (addresses) this runner's storage sees. */
+  readonly runners: () => Promise<Array<string>>
   readonly log: () => string
   readonly alive: () => boolean
   readonly kill: (signal?: NodeJS.Signals) => Promise<void>
@@ -48,8 +56,13 @@ export const startRunner = async (options: {
   readonly lockExpirationMs: number
   readonly logDir: string
   readonly readyTimeoutMs?: number
+  /** Default: a free one. */
+  readonly port?: number
+  readonly namespace?: string
+  /** Receives the runner's 200 ms samples of the shards it holds. */
+  readonly onSample?: (sample: Sample) => void
 }): Promise<RunnerProcess> => {
-  const port = await freePort()
+  const port = options.port ?? await freePort()
   const logPath = join(options.logDir, `runner-${options.name}.log`)
   const log = openSync(logPath, "a")
   const child = track(fork(runnerScript, [], {
@@ -59,7 +72,8 @@ export const startRunner = async (options: {
       RUNNER_NAME: options.name,
       RUNNER_PORT: String(port),
       RS_ENDPOINTS: options.endpoints.join(","),
-      RS_LOCK_EXPIRATION_MS: String(options.lockExpirationMs)
+      RS_LOCK_EXPIRATION_MS: String(options.lockExpirationMs),
+      RS_NAMESPACE: options.namespace ?? "default"
     }
   }))
   closeSync(log)
@@ -68,6 +82,10 @@ export const startRunner = async (options: {
   const pending = new Map<number, { resolve: (v: any) => void; reject: (e: Error) => void }>()
   let exited = false
   child.on("message", (message: any) => {
+    if (message?.type === "sample") {
+      options.onSample?.({ runner: `127.0.0.1:${port}`, t: message.t, shards: message.shards })
+      return
+    }
     if (message?.type !== "reply") return
     const waiter = pending.get(message.id)
     if (waiter === undefined) return
@@ -142,6 +160,7 @@ export const startRunner = async (options: {
       request({ type: "ping", entityId, message }, timeoutMs),
     count: (entityId, timeoutMs = 10_000) => request({ type: "count", entityId }, timeoutMs),
     shards: () => request<Array<string>>({ type: "shards" }, 5000),
+    runners: () => request<Array<string>>({ type: "runners" }, 5000),
     refreshes: () => request<Array<RefreshRecord>>({ type: "refreshes" }, 5000),
     log: readLog,
     alive: () => !exited,

@@ -6,7 +6,7 @@
 import * as grpc from "@grpc/grpc-js"
 import * as protoLoader from "@grpc/proto-loader"
 import { existsSync } from "node:fs"
-import { dirname, join, resolve } from "node:path"
+import { dirname, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
 
 export interface RequestId {
@@ -97,14 +97,13 @@ const PROTO_FILE = "runner_storage.proto"
  * two levels above the package (`clients/effect` inside the repo).
  */
 export const protoCandidates = (explicit?: string): ReadonlyArray<string> => {
-  const here = dirname(fileURLToPath(import.meta.url)) // <pkg>/dist/src
-  const pkgRoot = resolve(here, "..", "..")
+  const here = dirname(fileURLToPath(import.meta.url))
   const candidates: Array<string> = []
   if (explicit !== undefined) candidates.push(resolve(explicit))
   const fromEnv = process.env["RUNNER_STORAGE_PROTO"]
   if (fromEnv !== undefined && fromEnv !== "") candidates.push(resolve(fromEnv))
-  candidates.push(join(pkgRoot, "proto", PROTO_FILE))
-  candidates.push(resolve(pkgRoot, "..", "..", "proto", PROTO_FILE))
+  // this file is <pkg>/dist/bench/legacy/proto.js: the repository's proto/
+  candidates.push(resolve(here, "..", "..", "..", "..", "..", "proto", PROTO_FILE))
   return candidates
 }
 
