@@ -24,27 +24,10 @@ use crate::limits;
 use crate::pb::admin as admin_pb;
 use crate::pb::v1 as pb;
 use crate::pb::v1::runner_storage_client::RunnerStorageClient;
-use crate::service::status::{from_status, LEADER_ADDRESS_KEY};
+use crate::transport::status::{from_status, LEADER_ADDRESS_KEY};
 use crate::transport::Dialer;
 
-/// Default time one call may take, retries included.
-pub const CALL_DEADLINE_DEFAULT: Duration = Duration::from_secs(10);
-/// Longest one attempt may take before the client tries another endpoint:
-/// a paused or partitioned node must not hold the call for its whole deadline.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(4);
-/// First pause between attempts; doubles up to [`BACKOFF_MAX`].
-pub const BACKOFF_INITIAL: Duration = Duration::from_millis(10);
-/// Longest pause between attempts: short, so a client notices a new leader
-/// soon after an election (one that waited 250 ms added that to failovers).
-pub const BACKOFF_MAX: Duration = Duration::from_millis(100);
-/// How long one of the eight calls waits for an answer before the client
-/// also sends it to another node (a hedged request: the first answer wins).
-/// A write carries a request id, so a second placement is answered from the
-/// leader's deduplication table, never applied twice. A leader that stops
-/// answering (paused, cut off) then costs its callers this, not an attempt
-/// timeout: the other node forwards to the new leader once one is elected.
-/// Far above a healthy call's latency (a millisecond; tens under load).
-pub const HEDGE_AFTER: Duration = Duration::from_millis(250);
+pub use crate::limits::{ATTEMPT_TIMEOUT, BACKOFF_INITIAL, BACKOFF_MAX, CALL_DEADLINE_DEFAULT, HEDGE_AFTER};
 
 /// A client of one cluster.
 pub struct Client {

@@ -3,7 +3,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -14,17 +13,13 @@ use crate::node::Node;
 use crate::service;
 use crate::state_machine::{Command, NamespaceName, DEFAULT_NAMESPACE};
 
-/// How long a freshly bootstrapped node keeps trying to write the
-/// configured initial lock expiration.
-const INITIAL_LOCK_EXPIRATION_DEADLINE: Duration = Duration::from_secs(60);
-
 /// The node config at `config_path`, or the embedded one-node default.
 ///
 /// # Errors
 /// The file cannot be read, does not parse, or fails validation.
 pub fn load_config(config_path: Option<&Path>) -> anyhow::Result<NodeConfig> {
     match config_path {
-        Some(path) => NodeConfig::load(path),
+        Some(path) => Ok(NodeConfig::load(path)?),
         None => Ok(NodeConfig::single_node()),
     }
 }
@@ -121,7 +116,7 @@ async fn shutdown_signal() {
 /// Every node of the new cluster runs this; the first that is
 /// leader writes it, the others see it applied and stop.
 async fn write_initial_lock_expiration(node: Arc<Node>, lock_expiration_ms: u64) {
-    let deadline = tokio::time::Instant::now() + INITIAL_LOCK_EXPIRATION_DEADLINE;
+    let deadline = tokio::time::Instant::now() + limits::INITIAL_LOCK_EXPIRATION_DEADLINE;
     while tokio::time::Instant::now() < deadline {
         if node.local_view(|applied| applied.state.lock_expiration_ms(DEFAULT_NAMESPACE)) == lock_expiration_ms {
             return;
@@ -136,14 +131,14 @@ async fn write_initial_lock_expiration(node: Arc<Node>, lock_expiration_ms: u64)
                 Err(error) => tracing::debug!(?error, "initial lock expiration not written yet"),
             }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(limits::INITIAL_LOCK_EXPIRATION_RETRY).await;
     }
     tracing::warn!(lock_expiration_ms, "gave up writing the initial lock expiration");
 }
 
 /// One log line per leader change and per membership change.
 async fn log_leader_changes(node: Arc<Node>) {
-    let mut metrics = node.raft.metrics();
+    let mut metrics = node.raft().metrics();
     let mut last_leader = None;
     let mut last_membership = None;
     while metrics.changed().await.is_ok() {

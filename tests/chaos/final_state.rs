@@ -18,9 +18,9 @@ use std::time::Duration;
 use openraft::storage::{RaftLogReader, RaftLogStorage};
 use openraft::EntryPayload;
 use runner_storage::client::Client;
-use runner_storage::raft::data_dir::{DataDir, Durability};
-use runner_storage::raft::log_store::LogStore;
-use runner_storage::raft::sm_store::StateMachineStore;
+use runner_storage::raft::storage::data_dir::{DataDir, Durability};
+use runner_storage::raft::storage::log_store::LogStore;
+use runner_storage::raft::storage::sm_store::StateMachineStore;
 use runner_storage::state_machine::{State, DEFAULT_NAMESPACE};
 use tokio::time::Instant;
 

@@ -39,7 +39,7 @@ use crate::pb::etcd::{
     Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp,
     StatusRequest, TxnRequest,
 };
-use crate::service::status::from_status;
+use crate::transport::status::from_status;
 use crate::transport::Dialer;
 
 /// The client endpoints of `scripts/etcd-cluster.sh up`.

@@ -27,13 +27,20 @@ pub fn to_status(error: Error) -> Status {
             }
             status
         }
+        Error::Config(message) => Status::failed_precondition(message),
         Error::Storage { message, .. } => Status::internal(message),
     }
 }
 
-/// The [`Error`] a gRPC status stands for.
+/// The [`Error`] a gRPC status stands for. A call the TLS handshake
+/// refused (the peer's certificate is not of the trusted CA, or ours is not
+/// of its) is [`Error::Unauthenticated`] whatever code tonic gave it: no
+/// retry can succeed.
 pub fn from_status(status: Status) -> Error {
     let message = status.message().to_owned();
+    if tls_refused(&status) {
+        return Error::Unauthenticated(format!("TLS refused the connection: {message} ({})", source_chain(&status)));
+    }
     match status.code() {
         Code::InvalidArgument => Error::InvalidArgument(message),
         Code::ResourceExhausted => Error::ResourceExhausted(message),
@@ -47,6 +54,30 @@ pub fn from_status(status: Status) -> Error {
         }
         code => Error::Storage { message: format!("{code:?}: {message}"), cause: Some(Box::new(status)) },
     }
+}
+
+/// Whether the call failed in a TLS handshake: rustls reports a refused
+/// certificate as an `InvalidData` I/O error under the transport error.
+fn tls_refused(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData) {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// The messages of a status's source errors, innermost last.
+fn source_chain(status: &Status) -> String {
+    let mut parts = Vec::new();
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        parts.push(error.to_string());
+        source = error.source();
+    }
+    parts.join(": ")
 }
 
 #[cfg(test)]

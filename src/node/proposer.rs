@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::limits::{
     PROPOSALS_IN_FLIGHT_MAX, PROPOSAL_BYTES_MAX, PROPOSAL_ENVELOPES_MAX, PROPOSAL_QUEUE_MAX, RAFT_CALL_TIMEOUT,
 };
+use crate::raft::workarounds::quorum;
 use crate::raft::Raft;
 use crate::state_machine::{Command, Envelope, Reply};
 
@@ -105,8 +106,8 @@ async fn propose_batch(raft: &Raft, batch: Vec<Pending>, quorum_timeout: Duratio
     let (envelopes, replies): (Vec<Envelope>, Vec<_>) = batch.into_iter().map(|p| (p.envelope, p.reply)).unzip();
     let written = tokio::select! {
         written = tokio::time::timeout(RAFT_CALL_TIMEOUT, raft.client_write(envelopes.into())) => written,
-        lost = crate::raft::quorum::lost(raft, quorum_timeout) => {
-            let reason = format!("{}; the write's outcome is unknown", crate::raft::quorum::refusal(lost));
+        lost = quorum::lost(raft, quorum_timeout) => {
+            let reason = format!("{}; the write's outcome is unknown", quorum::refusal(lost));
             for reply in replies {
                 let _ = reply.send(Err(Refused::Unavailable(reason.clone())));
             }

@@ -17,16 +17,15 @@ use serde::{de::DeserializeOwned, Serialize};
 use tonic::transport::Channel;
 
 use super::append_stream::{AppendStream, StreamSupport};
-use super::early_replication::{EarlyAnswer, EarlyReplication};
-use super::election::Nudges;
-use super::typ::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse,
-    RPCError, RaftError, VoteRequest, VoteResponse,
-};
-use super::{Node, NodeId, TypeConfig};
+use super::{AppendShortcut, EarlyAnswer, RaftEvents};
 use crate::limits;
 use crate::pb::raft::raft_client::RaftClient;
 use crate::pb::raft::RaftPayload;
+use crate::raft::typ::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse,
+    RPCError, RaftError, VoteRequest, VoteResponse,
+};
+use crate::raft::{Node, NodeId, TypeConfig};
 use crate::transport::Dialer;
 
 /// Makes a [`PeerClient`] per target node, all dialled with one [`Dialer`].
@@ -40,19 +39,24 @@ use crate::transport::Dialer;
 pub struct Network {
     dialer: Dialer,
     peers: Arc<Mutex<HashMap<String, Peer>>>,
-    nudges: Nudges,
+    events: Arc<dyn RaftEvents>,
     unreachable_backoff: Duration,
-    early: Option<EarlyReplication>,
+    shortcut: Option<Arc<dyn AppendShortcut>>,
 }
 
 impl Network {
     /// A network that dials peers with `dialer` (TLS identity, token),
-    /// reports the votes it receives to `nudges`, and retries a peer it
+    /// reports the votes it receives to `events`, and retries a peer it
     /// cannot reach every `unreachable_backoff` (see [`PeerClient::backoff`]).
-    /// With `early`, appends of entries the followers already took early
-    /// are answered from there (see [`EarlyReplication`]).
-    pub fn new(dialer: Dialer, nudges: Nudges, unreachable_backoff: Duration, early: Option<EarlyReplication>) -> Self {
-        Network { dialer, peers: Arc::default(), nudges, unreachable_backoff, early }
+    /// With a `shortcut`, appends it can answer are not sent (early
+    /// replication: the followers took the entries already).
+    pub fn new(
+        dialer: Dialer,
+        events: Arc<dyn RaftEvents>,
+        unreachable_backoff: Duration,
+        shortcut: Option<Arc<dyn AppendShortcut>>,
+    ) -> Self {
+        Network { dialer, peers: Arc::default(), events, unreachable_backoff, shortcut }
     }
 
     fn peer(&self, address: &str) -> Option<Peer> {
@@ -78,9 +82,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
         let peer = self.peer(&node.addr);
-        let (dialer, nudges) = (self.dialer.clone(), self.nudges.clone());
-        let mut client = PeerClient::new(target, node.clone(), peer, dialer, nudges, self.unreachable_backoff);
-        client.early = self.early.clone();
+        let (dialer, events) = (self.dialer.clone(), self.events.clone());
+        let mut client = PeerClient::new(target, node.clone(), peer, dialer, events, self.unreachable_backoff);
+        client.shortcut = self.shortcut.clone();
         client
     }
 }
@@ -94,14 +98,14 @@ pub struct PeerClient {
     node: Node,
     client: Option<RaftClient<Channel>>,
     dialer: Dialer,
-    nudges: Nudges,
+    events: Arc<dyn RaftEvents>,
     /// The open append stream, if any; taken out during each exchange, so a
     /// failed or timed-out exchange leaves none.
     appends: Option<AppendStream>,
     /// Whether the peer takes append streams; `None` with an invalid address.
     streams: Option<Arc<StreamSupport>>,
     unreachable_backoff: Duration,
-    early: Option<EarlyReplication>,
+    shortcut: Option<Arc<dyn AppendShortcut>>,
 }
 
 impl PeerClient {
@@ -110,7 +114,7 @@ impl PeerClient {
         node: Node,
         peer: Option<Peer>,
         dialer: Dialer,
-        nudges: Nudges,
+        events: Arc<dyn RaftEvents>,
         unreachable_backoff: Duration,
     ) -> Self {
         let streams = peer.as_ref().map(|peer| peer.streams.clone());
@@ -119,7 +123,7 @@ impl PeerClient {
                 .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
         });
-        PeerClient { target, node, client, dialer, nudges, appends: None, streams, unreachable_backoff, early: None }
+        PeerClient { target, node, client, dialer, events, appends: None, streams, unreachable_backoff, shortcut: None }
     }
 
     fn client<E: std::error::Error>(&self) -> Result<RaftClient<Channel>, RPCError<E>> {
@@ -157,8 +161,8 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let result: Result<Resp, RaftError<E>> =
-            postcard::from_bytes(&answer.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<E>> = super::codec::decode_payload(&answer.data)
+            .map_err(|status| RPCError::Network(NetworkError::new(&status)))?;
         result.map_err(|error| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), error)))
     }
 
@@ -186,12 +190,12 @@ impl PeerClient {
     /// Keeps the early link to this peer open for `rpc`'s vote, and answers
     /// `rpc` from the peer's answer to an early copy of its entries, if any.
     async fn early_answer(&self, rpc: &AppendEntriesRequest, ttl: Duration) -> EarlyAnswer {
-        let (Some(early), Some(client), Some(streams)) = (&self.early, &self.client, &self.streams) else {
+        let (Some(shortcut), Some(client), Some(streams)) = (&self.shortcut, &self.client, &self.streams) else {
             return EarlyAnswer::SendAsUsual;
         };
-        early.keep_link(self.target, &rpc.vote, client, &self.dialer, streams);
+        shortcut.keep_link(self.target, &rpc.vote, client, &self.dialer, streams);
         match rpc.entries.last() {
-            Some(last) => early.answer(self.target, &rpc.vote, last.log_id.index, ttl).await,
+            Some(last) => shortcut.answer(self.target, &rpc.vote, last.log_id.index, ttl).await,
             None => EarlyAnswer::SendAsUsual,
         }
     }
@@ -205,8 +209,7 @@ enum StreamStep {
 }
 
 fn encode_request<Req: Serialize, E: std::error::Error>(request: &Req) -> Result<RaftPayload, RPCError<E>> {
-    let data = postcard::to_allocvec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-    Ok(RaftPayload { data })
+    super::codec::encode_payload(request).map_err(|status| RPCError::Network(NetworkError::new(&status)))
 }
 
 /// A peer that cannot be connected to is `Unreachable`: openraft then backs
@@ -278,7 +281,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     async fn vote(&mut self, rpc: VoteRequest, option: RPCOption) -> Result<VoteResponse, RPCError> {
         let answer = self.call(&rpc, option, |mut client, request| async move { client.vote(request).await }).await;
         if let Ok(answer) = &answer {
-            self.nudges.vote_received(&rpc, answer);
+            self.events.vote_received(&rpc, answer);
         }
         answer
     }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::data_dir::DataDir;
 use super::sled_schema::{decode, encode};
 use super::snapshot_file::SnapshotFile;
-use super::{Node, NodeId, TypeConfig};
+use crate::raft::{Node, NodeId, TypeConfig};
 use crate::state_machine::{Reply, State};
 use crate::store_clock::OfficeAnchor;
 
@@ -250,7 +250,7 @@ mod tests {
     use openraft::{CommittedLeaderId, RaftSnapshotBuilder};
 
     use super::*;
-    use crate::raft::data_dir::Durability;
+    use crate::raft::storage::data_dir::Durability;
     use crate::state_machine::{Command, Envelope, DEFAULT_NAMESPACE};
 
     fn register_one_runner(store: &mut StateMachineStore) {

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use super::{Node, NodeId, Raft};
+use crate::raft::{Node, NodeId, Raft};
 
 /// How long since this node, as leader, last heard from a quorum, when that
 /// is longer than `quorum_timeout`; `None` while it hears from one (or does

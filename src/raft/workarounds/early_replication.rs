@@ -30,7 +30,7 @@
 //!   offered early, heartbeats) goes to the follower as openraft asked.
 //! - A leader killed before its flush may come back without entries its
 //!   followers hold. It restarts as a follower
-//!   ([`LogStore::resign_leadership`](super::log_store::LogStore::resign_leadership)),
+//!   ([`resign_leadership`](super::restart::resign_leadership)),
 //!   never in the term whose log ids those entries carry.
 
 use std::collections::{HashMap, VecDeque};
@@ -44,12 +44,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::Streaming;
 
-use super::append_stream::StreamSupport;
-use super::typ::{AppendEntriesRequest, AppendEntriesResponse, RaftError};
-use super::{NodeId, TypeConfig};
+use super::restart::is_leader_vote;
 use crate::limits;
 use crate::pb::raft::raft_client::RaftClient;
 use crate::pb::raft::RaftPayload;
+use crate::raft::storage::log_store::AppendObserver;
+use crate::raft::transport::append_stream::StreamSupport;
+use crate::raft::transport::{AppendShortcut, EarlyAnswer};
+use crate::raft::typ::{AppendEntriesRequest, AppendEntriesResponse, RaftError};
+use crate::raft::{NodeId, TypeConfig};
 use crate::transport::Dialer;
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -100,17 +103,6 @@ struct Progress {
     confirmed: Option<u64>,
 }
 
-/// How [`EarlyReplication::answer`] settles one of openraft's appends.
-#[derive(Debug, PartialEq, Eq)]
-pub enum EarlyAnswer {
-    /// The follower already confirmed these entries: answer success.
-    Confirmed,
-    /// Nothing early covers them (or it failed): send them as usual.
-    SendAsUsual,
-    /// The early copy is still unanswered after the RPC's time to live.
-    TimedOut,
-}
-
 impl EarlyReplication {
     /// Early replication for node `id`; it sends nothing until openraft's
     /// replication to a follower has [kept a link](Self::keep_link) open.
@@ -125,7 +117,7 @@ impl EarlyReplication {
 
     /// Whether `vote` is this node's own committed vote: it leads under it.
     pub fn leads_with(&self, vote: &Vote<NodeId>) -> bool {
-        super::is_leader_vote(vote, self.id)
+        is_leader_vote(vote, self.id)
     }
 
     fn links(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Link>> {
@@ -368,6 +360,45 @@ async fn next_answer(stream: &mut Option<OpenStream>) -> Option<RaftPayload> {
 fn is_success(answer: &RaftPayload) -> bool {
     let decoded: Result<Result<AppendEntriesResponse, RaftError>, _> = postcard::from_bytes(&answer.data);
     matches!(decoded, Ok(Ok(AppendEntriesResponse::Success)))
+}
+
+/// The log store tells early replication of the leader's appends.
+impl AppendObserver for EarlyReplication {
+    fn leads_with(&self, vote: &Vote<NodeId>) -> bool {
+        EarlyReplication::leads_with(self, vote)
+    }
+
+    fn appended(&self, vote: &Vote<NodeId>, prev: LogId<NodeId>, committed: Option<LogId<NodeId>>, entries: &[Entry]) {
+        self.offer(vote, Some(prev), committed, entries);
+    }
+
+    fn vote_saved(&self, vote: &Vote<NodeId>) {
+        EarlyReplication::vote_saved(self, vote);
+    }
+}
+
+/// The transport asks early replication before it sends an append.
+impl AppendShortcut for EarlyReplication {
+    fn keep_link(
+        &self,
+        target: NodeId,
+        vote: &Vote<NodeId>,
+        client: &RaftClient<Channel>,
+        dialer: &Dialer,
+        streams: &Arc<StreamSupport>,
+    ) {
+        EarlyReplication::keep_link(self, target, vote, client, dialer, streams);
+    }
+
+    fn answer<'a>(
+        &'a self,
+        target: NodeId,
+        vote: &'a Vote<NodeId>,
+        last_index: u64,
+        ttl: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = EarlyAnswer> + Send + 'a>> {
+        Box::pin(EarlyReplication::answer(self, target, vote, last_index, ttl))
+    }
 }
 
 #[cfg(test)]

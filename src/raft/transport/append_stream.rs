@@ -15,7 +15,7 @@
 //!   stopping follower for the whole drain.
 
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
@@ -23,18 +23,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
-use super::election::Nudges;
-use super::server::{decode_payload, encode_payload};
-use super::typ::AppendEntriesRequest;
-use super::Raft;
+use super::codec::{decode_payload, encode_payload};
+use super::RaftEvents;
 use crate::limits;
 use crate::pb::raft::raft_client::RaftClient;
 use crate::pb::raft::RaftPayload;
+use crate::raft::typ::AppendEntriesRequest;
+use crate::raft::Raft;
 use crate::transport::Dialer;
-
-/// Requests sent but not yet taken by the transport: one, since openraft waits
-/// for each answer before it sends the next request.
-const REQUESTS_BUFFERED_MAX: usize = 1;
 
 /// Whether a peer takes append streams. A node of an older release answers
 /// `UNIMPLEMENTED`; appends to it then go as unary calls, and a stream is
@@ -89,7 +85,7 @@ impl AppendStream {
         dialer: &Dialer,
         first: RaftPayload,
     ) -> Result<(Self, RaftPayload), Status> {
-        let (requests, queued) = mpsc::channel(REQUESTS_BUFFERED_MAX);
+        let (requests, queued) = mpsc::channel(limits::APPEND_STREAM_REQUESTS_BUFFERED_MAX);
         requests
             .try_send(first)
             .map_err(|_| Status::internal("a new append stream has no room for its first request"))?;
@@ -133,17 +129,17 @@ pub type AnswerStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<RaftPaylo
 /// turns true.
 pub fn answer_appends(
     raft: Raft,
-    nudges: Nudges,
+    events: Arc<dyn RaftEvents>,
     requests: Streaming<RaftPayload>,
     stopping: watch::Receiver<bool>,
 ) -> AnswerStream {
     struct Session {
         raft: Raft,
-        nudges: Nudges,
+        events: Arc<dyn RaftEvents>,
         requests: Streaming<RaftPayload>,
         stopping: watch::Receiver<bool>,
     }
-    let session = Session { raft, nudges, requests, stopping };
+    let session = Session { raft, events, requests, stopping };
     Box::pin(futures_util::stream::unfold(Some(session), |session| async move {
         let mut session = session?;
         let next = tokio::select! {
@@ -161,7 +157,7 @@ pub fn answer_appends(
             Err(status) => return Some((Err(status), None)),
         };
         let answer = session.raft.append_entries(rpc).await;
-        session.nudges.heard_from_leader();
+        session.events.heard_from_leader();
         Some((encode_payload(&answer), Some(session)))
     }))
 }

@@ -9,14 +9,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
 use serde::Deserialize;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 
-/// Time to open a TCP (and TLS) connection before calling a node unreachable.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+use crate::error::{Error, Result};
+use crate::limits::CONNECT_TIMEOUT;
+
+pub mod pool;
+pub mod status;
 
 /// PEM files of a node's TLS identity and of the cluster's CA.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -30,8 +32,8 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::Config(format!("cannot read {what} {}: {e}", path.display())))
 }
 
 impl TlsFiles {
@@ -40,7 +42,7 @@ impl TlsFiles {
     ///
     /// # Errors
     /// When a file cannot be read.
-    pub fn server_config(&self) -> anyhow::Result<ServerTlsConfig> {
+    pub fn server_config(&self) -> Result<ServerTlsConfig> {
         let identity = Identity::from_pem(read(&self.cert, "tls.cert")?, read(&self.key, "tls.key")?);
         Ok(ServerTlsConfig::new()
             .identity(identity)
@@ -52,7 +54,7 @@ impl TlsFiles {
     ///
     /// # Errors
     /// When a file cannot be read.
-    pub fn peer_client_config(&self) -> anyhow::Result<ClientTlsConfig> {
+    pub fn peer_client_config(&self) -> Result<ClientTlsConfig> {
         let identity = Identity::from_pem(read(&self.cert, "tls.cert")?, read(&self.key, "tls.key")?);
         Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&self.ca, "tls.ca")?)).identity(identity))
     }
@@ -70,11 +72,11 @@ impl Dialer {
     ///
     /// # Errors
     /// When the token is not valid in an HTTP header.
-    pub fn new(tls: Option<ClientTlsConfig>, token: Option<&str>) -> anyhow::Result<Self> {
+    pub fn new(tls: Option<ClientTlsConfig>, token: Option<&str>) -> Result<Self> {
         let authorization = token
             .map(|token| format!("Bearer {token}").parse::<MetadataValue<Ascii>>())
             .transpose()
-            .context("the auth token must be printable ASCII")?;
+            .map_err(|_| Error::Config("the auth token must be printable ASCII".into()))?;
         Ok(Dialer { tls, authorization })
     }
 
@@ -82,7 +84,7 @@ impl Dialer {
     ///
     /// # Errors
     /// When the file cannot be read.
-    pub fn client_tls(ca_path: &Path) -> anyhow::Result<ClientTlsConfig> {
+    pub fn client_tls(ca_path: &Path) -> Result<ClientTlsConfig> {
         Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca_path, "TLS CA")?)))
     }
 

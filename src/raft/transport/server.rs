@@ -1,40 +1,32 @@
 //! The server side of Raft traffic: a tonic service that decodes openraft's
 //! messages from peers, hands them to the local Raft, and encodes its answer.
 
+use std::sync::Arc;
+
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::append_stream::{answer_appends, AnswerStream};
-use super::election::Nudges;
-use super::Raft;
+use super::codec::{decode_payload, encode_payload};
+use super::RaftEvents;
 use crate::pb::raft::raft_server;
 use crate::pb::raft::RaftPayload;
+use crate::raft::Raft;
 
 /// The `runner_storage.raft.v1.Raft` service of one node.
 pub struct RaftService {
     raft: Raft,
-    nudges: Nudges,
+    events: Arc<dyn RaftEvents>,
     stopping: watch::Receiver<bool>,
 }
 
 impl RaftService {
-    /// A service feeding `raft`, reporting appends and votes to `nudges`; it
+    /// A service feeding `raft`, reporting appends and votes to `events`; it
     /// ends its append streams when `stopping` turns true.
-    pub fn new(raft: Raft, nudges: Nudges, stopping: watch::Receiver<bool>) -> Self {
-        RaftService { raft, nudges, stopping }
+    pub fn new(raft: Raft, events: Arc<dyn RaftEvents>, stopping: watch::Receiver<bool>) -> Self {
+        RaftService { raft, events, stopping }
     }
-}
-
-/// One of openraft's messages from a peer's payload bytes.
-pub(super) fn decode_payload<T: DeserializeOwned>(data: &[u8]) -> Result<T, Status> {
-    postcard::from_bytes(data).map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
-}
-
-/// An answer as a payload for the peer.
-pub(super) fn encode_payload<T: Serialize>(answer: &T) -> Result<RaftPayload, Status> {
-    let data = postcard::to_allocvec(answer).map_err(|e| Status::internal(format!("unencodable Raft answer: {e}")))?;
-    Ok(RaftPayload { data })
 }
 
 fn decode<T: DeserializeOwned>(request: Request<RaftPayload>) -> Result<T, Status> {
@@ -49,7 +41,7 @@ fn encode<T: Serialize>(answer: &T) -> Result<Response<RaftPayload>, Status> {
 impl raft_server::Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let answer = self.raft.append_entries(decode(request)?).await;
-        self.nudges.heard_from_leader();
+        self.events.heard_from_leader();
         encode(&answer)
     }
 
@@ -60,15 +52,15 @@ impl raft_server::Raft for RaftService {
         request: Request<Streaming<RaftPayload>>,
     ) -> Result<Response<AnswerStream>, Status> {
         let answers =
-            answer_appends(self.raft.clone(), self.nudges.clone(), request.into_inner(), self.stopping.clone());
+            answer_appends(self.raft.clone(), self.events.clone(), request.into_inner(), self.stopping.clone());
         Ok(Response::new(answers))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let request: super::typ::VoteRequest = decode(request)?;
+        let request: crate::raft::typ::VoteRequest = decode(request)?;
         let answer = self.raft.vote(request.clone()).await;
         if let Ok(answer) = &answer {
-            self.nudges.vote_answered(&request, answer);
+            self.events.vote_answered(&request, answer);
         }
         encode(&answer)
     }
@@ -76,7 +68,7 @@ impl raft_server::Raft for RaftService {
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let answer = self.raft.install_snapshot(decode(request)?).await;
         // A leader busy streaming a snapshot here sends no appends meanwhile.
-        self.nudges.heard_from_leader();
+        self.events.heard_from_leader();
         encode(&answer)
     }
 }

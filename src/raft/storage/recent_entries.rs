@@ -11,8 +11,8 @@
 use std::collections::VecDeque;
 use std::ops::{Bound, RangeBounds};
 
-use super::TypeConfig;
 use crate::limits::{RECENT_ENTRIES_BYTES_MAX, RECENT_ENTRIES_MAX};
+use crate::raft::{NodeId, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
 
@@ -46,7 +46,7 @@ impl RecentEntries {
     }
 
     /// The log id of the log's last entry, when this tail holds any.
-    pub fn last_log_id(&self) -> Option<openraft::LogId<super::NodeId>> {
+    pub fn last_log_id(&self) -> Option<openraft::LogId<NodeId>> {
         self.entries.back().map(|(entry, _)| entry.log_id)
     }
 

@@ -36,12 +36,9 @@ use openraft::ServerState;
 use rand::Rng;
 use tokio::sync::mpsc;
 
-use super::typ::{VoteRequest, VoteResponse};
-use super::Raft;
-
-/// Nudges waiting for [`run`]; more are dropped (a nudge only hastens an
-/// election the timers would start anyway).
-const NUDGES_QUEUED_MAX: usize = 16;
+use crate::raft::transport::RaftEvents;
+use crate::raft::typ::{VoteRequest, VoteResponse};
+use crate::raft::Raft;
 
 /// One nudge: campaign in the term after `term`, after `delay`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,16 +67,16 @@ impl Nudges {
     /// (openraft's `election_timeout_max`) and whose election timeouts are
     /// at least `election_timeout_min`; the receiver goes to [`run`].
     pub fn new(lease: Duration, election_timeout_min: Duration) -> (Self, mpsc::Receiver<Nudge>) {
-        let (queue, receiver) = mpsc::channel(NUDGES_QUEUED_MAX);
+        let (queue, receiver) = mpsc::channel(crate::limits::NUDGES_QUEUED_MAX);
         let started = Instant::now();
         let nudges = Nudges { queue, started, last_append_nanos: Arc::default(), lease, election_timeout_min };
-        nudges.heard_from_leader();
+        nudges.record_heard_from_leader();
         (nudges, receiver)
     }
 
     /// Records that an append (entries or heartbeat) or a snapshot chunk
     /// was just handled.
-    pub fn heard_from_leader(&self) {
+    fn record_heard_from_leader(&self) {
         let nanos = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.last_append_nanos.fetch_max(nanos, Ordering::Relaxed);
     }
@@ -89,26 +86,33 @@ impl Nudges {
         self.started.elapsed().saturating_sub(last)
     }
 
-    /// This node answered `request` with `answer` (nudge 1).
-    pub fn vote_answered(&self, request: &VoteRequest, answer: &VoteResponse) {
+    fn send(&self, nudge: Nudge) {
+        // Full queue: the timers will do, a little later.
+        let _ = self.queue.try_send(nudge);
+    }
+}
+
+/// The transport tells the nudges what it sees of appends and votes.
+impl RaftEvents for Nudges {
+    fn heard_from_leader(&self) {
+        self.record_heard_from_leader();
+    }
+
+    /// Nudge 1.
+    fn vote_answered(&self, request: &VoteRequest, answer: &VoteResponse) {
         if refused_a_shorter_log_after_the_lease(request, answer, self.quiet_for(), self.lease) {
             self.send(Nudge { term: answer.vote.leader_id().term, delay: Duration::ZERO });
         }
     }
 
-    /// A peer answered this node's `request` with `answer` (nudges 2 and 3).
-    pub fn vote_received(&self, request: &VoteRequest, answer: &VoteResponse) {
+    /// Nudges 2 and 3.
+    fn vote_received(&self, request: &VoteRequest, answer: &VoteResponse) {
         let term = request.vote.leader_id().term;
         if split_with_a_shorter_log(request, answer) {
             self.send(Nudge { term, delay: Duration::ZERO });
         } else if split_with_an_equal_log(request, answer) {
             self.send(Nudge { term, delay: split_retry_delay(self.election_timeout_min) });
         }
-    }
-
-    fn send(&self, nudge: Nudge) {
-        // Full queue: the timers will do, a little later.
-        let _ = self.queue.try_send(nudge);
     }
 }
 
@@ -278,7 +282,7 @@ mod tests {
         let expected = Nudge { term: 7, delay: Duration::ZERO };
         assert_eq!(queue.try_recv().ok(), Some(expected), "quiet longer than a zero lease: campaign in term 7 -> 8");
         let (nudges, mut queue) = Nudges::new(Duration::from_secs(3600), Duration::from_millis(110));
-        nudges.heard_from_leader();
+        nudges.record_heard_from_leader();
         nudges.vote_answered(&candidate, &follower);
         assert!(queue.try_recv().is_err(), "an hour's lease is not over");
     }
