@@ -29,13 +29,18 @@ command -v openssl >/dev/null || apt_install openssl
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || apt_install faketime
 # The bench's comparison with etcd runs against a real etcd cluster.
 command -v etcd >/dev/null && command -v etcdctl >/dev/null || apt_install etcd-server etcd-client
+# Chaos: the namespace lab (iproute2, iptables) and power cuts over powerfs
+# (FUSE: fuse3's fusermount3, /dev/fuse); its clock faults use faketime too.
+command -v ip >/dev/null || apt_install iproute2
+command -v iptables-restore >/dev/null || apt_install iptables
+command -v fusermount3 >/dev/null || apt_install fuse3
 
 # --- Rust ----------------------------------------------------------------------
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
-log "cargo test"
+log "cargo test (the workspace: runner-storage and tests/powerfs)"
 cargo test --quiet
 
 # --- Effect client ---------------------------------------------------------------
