@@ -439,7 +439,10 @@ fn statefulset_service_and_budget_fit_together() {
         // A lone first pod never gets ready: OrderedReady would wait forever.
         assert_eq!(statefulset["spec"]["podManagementPolicy"], "Parallel", "{variant}");
         let grace_s = manifests.pod()["terminationGracePeriodSeconds"].as_f64().expect("a grace period");
-        assert!(grace_s > (SHUTDOWN_HANDOVER_MAX + SHUTDOWN_DRAIN_MAX + SHUTDOWN_RAFT_MAX).as_secs_f64(), "{variant}: grace {grace_s} s");
+        assert!(
+            grace_s > (SHUTDOWN_HANDOVER_MAX + SHUTDOWN_DRAIN_MAX + SHUTDOWN_RAFT_MAX).as_secs_f64(),
+            "{variant}: grace {grace_s} s"
+        );
         for port in service["spec"]["ports"].as_array().expect("ports") {
             let target = str_at(port, "/targetPort");
             assert_eq!(port["port"], manifests.container_port(target), "{variant}: Service port {target}");
@@ -672,7 +675,10 @@ fn systemd_unit_runs_a_real_subcommand_and_outlasts_the_shutdown_bounds() {
     assert!(one("LimitNOFILE").parse::<u64>().expect("a number") >= 4096);
     assert!(service("KillSignal").iter().all(|s| *s == "SIGTERM"), "the node stops cleanly on SIGTERM");
     let stop_s = seconds(one("TimeoutStopSec"));
-    assert!(stop_s > (SHUTDOWN_HANDOVER_MAX + SHUTDOWN_DRAIN_MAX + SHUTDOWN_RAFT_MAX).as_secs_f64(), "TimeoutStopSec {stop_s} s");
+    assert!(
+        stop_s > (SHUTDOWN_HANDOVER_MAX + SHUTDOWN_DRAIN_MAX + SHUTDOWN_RAFT_MAX).as_secs_f64(),
+        "TimeoutStopSec {stop_s} s"
+    );
 }
 
 // --- the tests: the Dockerfile ---------------------------------------------------
