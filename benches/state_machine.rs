@@ -82,7 +82,7 @@ const OWNER_EPOCH_MS: usize = 5_000;
 fn acquire_plan(index: usize) -> (usize, usize, u64) {
     let shard = index % ACQUIRE_SHARDS;
     let time_ms = index / ACQUIRES_PER_MS;
-    let runner = if index % 2 == 0 {
+    let runner = if index.is_multiple_of(2) {
         (shard * 7 + (time_ms / OWNER_EPOCH_MS) * 13) % ACQUIRE_RUNNERS
     } else {
         (index.wrapping_mul(7_919) ^ (index >> 9)) % ACQUIRE_RUNNERS

@@ -9,11 +9,14 @@
 #   scripts/chaos.sh --minutes 30 --seed 42 [--nodes 3|5] [--nemesis kill-leader,pause-leader] [--out DIR]
 #
 # Fault kinds: kill-leader kill-random pause-leader isolate-leader
-# split-majority asymmetric restart-node membership (default: all).
+# split-majority asymmetric restart-node membership power-cut-node
+# power-cut-all clock-step-forward clock-step-back clock-skew pause-holder
+# (default: all). Power cuts mount powerfs (FUSE: root, /dev/fuse, fuse3) as
+# each node's data dir; clock faults run the nodes under libfaketime (faketime).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 minutes=30
 seed=""
@@ -37,10 +40,18 @@ if [ -z "$seed" ]; then seed=$(( (RANDOM << 30) ^ (RANDOM << 15) ^ RANDOM )); fi
 [[ "$seed" =~ ^[0-9]+$ ]] || { echo "--seed must be a non-negative integer" >&2; exit 2; }
 
 # The namespace lab needs iproute2 and iptables (as root); without them the
-# run falls back to loopback with process faults only.
-if [ "$(id -u)" -eq 0 ] && { ! command -v ip >/dev/null || ! command -v iptables-restore >/dev/null; }; then
-  echo "== installing iproute2 iptables"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables >/dev/null
+# run falls back to loopback with process faults only. Power cuts need fuse3
+# (fusermount3), clock faults libfaketime.
+if [ "$(id -u)" -eq 0 ]; then
+  missing=()
+  command -v ip >/dev/null || missing+=(iproute2)
+  command -v iptables-restore >/dev/null || missing+=(iptables)
+  command -v fusermount3 >/dev/null || missing+=(fuse3)
+  [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || missing+=(faketime)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
 fi
 
 out="${out:-target/chaos/$(date +%Y%m%d-%H%M%S)-seed$seed-n$nodes}"
@@ -59,7 +70,14 @@ clean_stale_labs() {
     ip netns del "$ns" 2>/dev/null || true
   done
 }
-trap 'sleep 1; clean_stale_labs' INT TERM
+# A run that dies leaves its powerfs mounts dead ("transport endpoint is not connected").
+clean_stale_mounts() {
+  awk '$1 ~ /^powerfs-rsc[0-9]+x/ {print $1, $2}' /proc/mounts 2>/dev/null | while read -r source target; do
+    pid="${source#powerfs-rsc}"; pid="${pid%%x*}"
+    [ -d "/proc/$pid" ] || umount -l "$target" 2>/dev/null || true
+  done
+}
+trap 'sleep 1; clean_stale_labs; clean_stale_mounts' INT TERM
 
 cargo build --release --quiet --bin runner-storage --test chaos
 status=0

@@ -6,9 +6,10 @@
 #
 #   scripts/rolling-restart.sh
 #
-# openraft 0.9 has no leadership transfer, so when the leader goes the
-# followers elect a new one after the leader lease (~300-400 ms with the
-# default timeouts); clients retry through it within their deadline.
+# The leader, told to stop, first hands leadership to an up-to-date
+# follower (it stops heartbeats, the followers' leases run out, the target
+# campaigns at once), so no one waits for an election timeout; clients
+# retry through the hand-over within their deadline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${RUNNER_STORAGE_BIN:-target/release/runner-storage}

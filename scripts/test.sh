@@ -29,15 +29,20 @@ command -v openssl >/dev/null || apt_install openssl
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || apt_install faketime
 # The bench's tests (bench/tests/) compare against a real etcd cluster.
 command -v etcd >/dev/null && command -v etcdctl >/dev/null || apt_install etcd-server etcd-client
+# Chaos: the namespace lab (iproute2, iptables) and power cuts over powerfs
+# (FUSE: fuse3's fusermount3, /dev/fuse); its clock faults use faketime too.
+command -v ip >/dev/null || apt_install iproute2
+command -v iptables-restore >/dev/null || apt_install iptables
+command -v fusermount3 >/dev/null || apt_install fuse3
 
 # --- Rust ----------------------------------------------------------------------
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-# --workspace: the node and the bench (bench/); cargo builds every binary
-# before any test runs, so the bench's tests find the node's binary.
-log "cargo test"
+# The workspace: runner-storage, bench/ and tests/powerfs. Cargo builds every
+# binary before any test runs, so the bench's tests find the node's binary.
+log "cargo test (the workspace: runner-storage, bench, tests/powerfs)"
 cargo test --workspace --quiet
 
 # --- Effect client ---------------------------------------------------------------

@@ -21,10 +21,19 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context};
 use serde::Deserialize;
 
+use crate::error::{Error, Result};
 use crate::limits;
+
+/// Returns [`Error::Config`] with the message when `condition` fails.
+macro_rules! ensure {
+    ($condition:expr, $($message:tt)+) => {
+        if !$condition {
+            return Err(Error::Config(format!($($message)+)));
+        }
+    };
+}
 
 /// One member of the initial cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -145,10 +154,12 @@ impl NodeConfig {
     ///
     /// # Errors
     /// When the file cannot be read, is not valid TOML for this schema, or fails [`NodeConfig::validate`].
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        let config: NodeConfig = toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
-        config.validate().with_context(|| format!("invalid config {}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Self> {
+        let invalid = |e: &dyn std::fmt::Display| Error::Config(format!("invalid config {}: {e}", path.display()));
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read config {}: {e}", path.display())))?;
+        let config: NodeConfig = toml::from_str(&text).map_err(|e| invalid(&e))?;
+        config.validate().map_err(|e| invalid(&e))?;
         Ok(config)
     }
 
@@ -165,10 +176,10 @@ impl NodeConfig {
     ///
     /// # Errors
     /// When the token file cannot be read or is empty.
-    pub fn token(&self) -> anyhow::Result<Option<String>> {
+    pub fn token(&self) -> Result<Option<String>> {
         let Some(path) = &self.auth_token_file else { return Ok(self.auth_token.clone()) };
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read auth_token_file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read auth_token_file {}: {e}", path.display())))?;
         let token = text.trim_end_matches(['\n', '\r']).to_owned();
         ensure!(!token.is_empty(), "auth_token_file {} is empty", path.display());
         Ok(Some(token))
@@ -178,7 +189,7 @@ impl NodeConfig {
     ///
     /// # Errors
     /// When a TLS file or the token file cannot be read.
-    pub fn peer_dialer(&self) -> anyhow::Result<crate::transport::Dialer> {
+    pub fn peer_dialer(&self) -> Result<crate::transport::Dialer> {
         let tls = self.tls.as_ref().map(crate::transport::TlsFiles::peer_client_config).transpose()?;
         crate::transport::Dialer::new(tls, self.token()?.as_deref())
     }
@@ -187,7 +198,7 @@ impl NodeConfig {
     ///
     /// # Errors
     /// Naming the first field that is wrong.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<()> {
         ensure!(self.node_id >= 1, "node_id must be at least 1");
         ensure!(!self.data_dir.as_os_str().is_empty(), "data_dir is empty");
         let mut ids = std::collections::BTreeSet::new();
@@ -199,11 +210,14 @@ impl NodeConfig {
             // another member, which trips an assertion inside openraft.
             ensure!(addresses.insert(&peer.address), "peers: address {:?} appears twice", peer.address);
             crate::model::RunnerAddress::parse(&peer.address).map_err(|_| {
-                anyhow::anyhow!("peers: address {:?} of node {} is not host:port", peer.address, peer.id)
+                Error::Config(format!("peers: address {:?} of node {} is not host:port", peer.address, peer.id))
             })?;
         }
         if !self.peers.is_empty() && !ids.contains(&self.node_id) {
-            bail!("peers must include this node (node_id {}) or be empty for a joining node", self.node_id);
+            return Err(Error::Config(format!(
+                "peers must include this node (node_id {}) or be empty for a joining node",
+                self.node_id
+            )));
         }
         if let Some(expiration) = self.initial_lock_expiration_ms {
             ensure!(
@@ -234,7 +248,7 @@ impl NodeConfig {
 }
 
 impl RaftTuning {
-    fn validate(&self) -> anyhow::Result<()> {
+    fn validate(&self) -> Result<()> {
         ensure!(self.heartbeat_interval_ms >= 1, "raft.heartbeat_interval_ms must be at least 1");
         ensure!(
             self.election_timeout_min_ms > self.heartbeat_interval_ms * 2,
@@ -255,8 +269,8 @@ impl RaftTuning {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> anyhow::Result<NodeConfig> {
-        let config: NodeConfig = toml::from_str(text)?;
+    fn parse(text: &str) -> Result<NodeConfig> {
+        let config: NodeConfig = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }

@@ -36,6 +36,10 @@ pub enum Error {
     /// The caller's deadline passed before an answer arrived.
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
+    /// A node or client setting is unusable (a config file, TLS files, a
+    /// token): the message names it. Fix the setting; retrying cannot help.
+    #[error("{0}")]
+    Config(String),
     /// The store itself failed (disk, corrupt data, an internal bug).
     #[error("storage failure: {message}")]
     Storage {

@@ -24,12 +24,10 @@ pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod pb;
-pub mod proposer;
 // openraft's traits return its StorageError (224 bytes); boxing it at every
 // call site would only add allocations on the storage path.
 #[allow(clippy::result_large_err)]
 pub mod raft;
-pub mod read_barrier;
 pub mod service;
 pub mod state_machine;
 pub mod store_clock;

@@ -164,6 +164,9 @@ pub const EARLY_APPENDS_IN_FLIGHT_MAX: usize = 32;
 /// `EARLY_APPENDS_IN_FLIGHT_MAX` × this (4 MiB) of the leader's memory.
 pub const EARLY_APPEND_BYTES_MAX: usize = 128 * 1024;
 
+/// Time to open a TCP (and TLS) connection before calling a node unreachable.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// How long a link to a follower lives without openraft sending it
 /// anything (heartbeats included): past it, the follower is no longer
 /// replicated to (removed, or the leader stepped down) and gets no offers.
@@ -218,6 +221,14 @@ pub const LEADER_WAIT_MAX: std::time::Duration = std::time::Duration::from_milli
 /// other node takes over until it is gone.
 pub const SHUTDOWN_DRAIN_MAX: std::time::Duration = std::time::Duration::from_millis(1_000);
 
+/// Longest a leadership hand-over may take (`ctl transfer-leader`):
+/// catching up the target, a lease, an election.
+pub const HANDOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(2_000);
+
+/// Longest a leader that was told to stop (SIGTERM) spends handing
+/// leadership over before it drains and stops anyway.
+pub const SHUTDOWN_HANDOVER_MAX: std::time::Duration = std::time::Duration::from_millis(1_500);
+
 /// Longest a stopping node waits for Raft to stop and sled's final flush
 /// after the drain; then it exits anyway (acknowledged writes are on disk).
 pub const SHUTDOWN_RAFT_MAX: std::time::Duration = std::time::Duration::from_millis(2_000);
@@ -234,3 +245,90 @@ pub const RAFT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 
 /// Attempts a node makes to place one call while it waits for a leader.
 pub const LEADER_WAIT_ATTEMPTS_MAX: usize = 4;
+
+// ---- Membership ------------------------------------------------------------
+
+/// Longest a membership change waits: adding a learner waits for it to
+/// catch up, which may mean sending a whole snapshot.
+pub const MEMBERSHIP_CHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Longest the leader waits for a new node to answer its probe.
+pub const NEW_NODE_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Longest a new learner may take to catch up before it is removed again.
+/// Shorter than the client's default deadline, so the caller gets the reason.
+pub const LEARNER_CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// How often the leader looks at a new learner's replication progress.
+pub const LEARNER_PROGRESS_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// How long a freshly bootstrapped node keeps trying to write the
+/// configured initial lock expiration, and how often.
+pub const INITIAL_LOCK_EXPIRATION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+/// See [`INITIAL_LOCK_EXPIRATION_DEADLINE`].
+pub const INITIAL_LOCK_EXPIRATION_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
+// ---- The service -------------------------------------------------------------
+
+/// Most records one `ListRunners`/`ListLocks` answer holds; a larger table is cut.
+pub const LIST_RECORDS_MAX: usize = 100_000;
+
+/// Time a node keeps for its answer when it holds a call for a leader:
+/// it stops waiting this long before the caller's deadline.
+pub const LEADER_WAIT_ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// How often a node re-evaluates its gRPC health status.
+pub const HEALTH_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+// ---- The Rust client -----------------------------------------------------------
+
+/// Default time one call may take, retries included.
+pub const CALL_DEADLINE_DEFAULT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest one attempt may take before the client tries another endpoint:
+/// a paused or partitioned node must not hold the call for its whole
+/// deadline; longer than a node may hold a call for a leader plus a commit.
+pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// First pause between attempts; doubles up to [`BACKOFF_MAX`].
+pub const BACKOFF_INITIAL: std::time::Duration = std::time::Duration::from_millis(10);
+/// Longest pause between attempts: short, so a client notices a new leader
+/// soon after an election (one that waited 250 ms added that to failovers).
+pub const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long one of the eight calls waits for an answer before the client
+/// also sends it to another node (a hedged request: the first answer wins).
+/// A write carries a request id, so a second placement is answered from the
+/// leader's deduplication table, never applied twice. A leader that stops
+/// answering (paused, cut off) then costs its callers this, not an attempt
+/// timeout: the other node forwards to the new leader once one is elected.
+/// Far above a healthy call's latency (a millisecond; tens under load).
+pub const HEDGE_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
+
+// ---- Election nudges and append streams ------------------------------------------
+
+/// Election nudges waiting to be acted on; more are dropped (a nudge only
+/// hastens an election the timers would start anyway).
+pub const NUDGES_QUEUED_MAX: usize = 16;
+
+/// Append requests sent but not yet taken by the transport: one, since
+/// openraft waits for each answer before it sends the next request.
+pub const APPEND_STREAM_REQUESTS_BUFFERED_MAX: usize = 1;
+
+// A node may hold a call for a leader and then wait for the commit: the
+// client's attempt must outlast both, or it abandons calls about to succeed.
+const _: () = assert!(LEADER_WAIT_MAX.as_millis() + RAFT_CALL_TIMEOUT.as_millis() <= ATTEMPT_TIMEOUT.as_millis());
+// A call gets at least two attempts within its default deadline.
+const _: () = assert!(2 * ATTEMPT_TIMEOUT.as_millis() <= CALL_DEADLINE_DEFAULT.as_millis());
+// A hedge goes out well before an attempt gives up; backoff grows, within bounds.
+const _: () = assert!(HEDGE_AFTER.as_millis() * 4 <= ATTEMPT_TIMEOUT.as_millis());
+const _: () = assert!(BACKOFF_INITIAL.as_millis() <= BACKOFF_MAX.as_millis());
+const _: () = assert!(BACKOFF_MAX.as_millis() < HEDGE_AFTER.as_millis());
+// Knowing no leader holds a call for less than a known but dead leader does.
+const _: () = assert!(NO_LEADER_WAIT_MAX.as_millis() <= LEADER_WAIT_MAX.as_millis());
+const _: () = assert!(LEADER_WAIT_ANSWER_MARGIN.as_millis() < NO_LEADER_WAIT_MAX.as_millis());
+// The reason a learner was removed reaches a caller on the default deadline,
+// and a membership change outlasts the probe and the catch-up it waits for.
+const _: () = assert!(LEARNER_CATCH_UP_TIMEOUT.as_millis() < CALL_DEADLINE_DEFAULT.as_millis());
+const _: () = assert!(
+    NEW_NODE_PROBE_TIMEOUT.as_millis() + LEARNER_CATCH_UP_TIMEOUT.as_millis() <= MEMBERSHIP_CHANGE_TIMEOUT.as_millis()
+);
+// Connecting is a small part of an attempt.
+const _: () = assert!(CONNECT_TIMEOUT.as_millis() * 4 <= ATTEMPT_TIMEOUT.as_millis());

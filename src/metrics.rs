@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::raft::sm_store::AppliedState;
+use crate::raft::storage::sm_store::AppliedState;
 
 /// Labels of a per-call metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -25,7 +25,7 @@ use anyhow::Context;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use runner_storage::service::status::from_status;
+use runner_storage::transport::status::from_status;
 use runner_storage::transport::Dialer;
 use runner_storage::Error;
 

@@ -4,8 +4,9 @@
 //!
 //! A crate of its own so that the node carries none of it: it depends on
 //! `runner_storage`'s public client API only (the client, the wire types,
-//! the error type, the model's string forms), and the etcd proto and the
-//! histograms are compiled here, never into the node.
+//! the error type and its gRPC status table, the dialer, the model's string
+//! forms), and the etcd proto and the histograms are compiled here, never
+//! into the node.
 //!
 //! # Layout
 //! - this file: the flags, the plan (workload × concurrency × run), the task

@@ -117,6 +117,7 @@ pub fn error_kind(error: &Error) -> &'static str {
         Error::Unavailable { .. } => "unavailable",
         Error::DeadlineExceeded(_) => "deadline_exceeded",
         Error::Unauthenticated(_) => "unauthenticated",
+        Error::Config(_) => "config",
         Error::Storage { .. } => "storage",
     }
 }

@@ -66,6 +66,12 @@ pub enum CtlCommand {
     },
     /// Build a snapshot now on every endpoint.
     Snapshot,
+    /// Hand leadership to NODE (or to the most up-to-date voter) with no
+    /// election timeout: the old leader stops heartbeats, the target campaigns.
+    TransferLeader {
+        /// The node to lead; any up-to-date voter when absent.
+        node_id: Option<u64>,
+    },
     /// Every namespace: its lock expiration and how many runners and locks it holds.
     Namespaces {
         /// Print JSON instead of a table.
@@ -127,6 +133,11 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::SetExpiration { lock_expiration_ms } => {
             client.set_lock_expiration(lock_expiration_ms).await?;
             println!("lock expiration of namespace {:?} set to {lock_expiration_ms} ms", args.namespace);
+            Ok(())
+        }
+        CtlCommand::TransferLeader { node_id } => {
+            let (leader, term) = client.transfer_leader(node_id).await?;
+            println!("node {leader} leads (term {term})");
             Ok(())
         }
         CtlCommand::Namespaces { json } => print_namespaces(&client.list_namespaces().await?, json),

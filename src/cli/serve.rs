@@ -3,7 +3,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -14,17 +13,13 @@ use crate::node::Node;
 use crate::service;
 use crate::state_machine::{Command, NamespaceName, DEFAULT_NAMESPACE};
 
-/// How long a freshly bootstrapped node keeps trying to write the
-/// configured initial lock expiration.
-const INITIAL_LOCK_EXPIRATION_DEADLINE: Duration = Duration::from_secs(60);
-
 /// The node config at `config_path`, or the embedded one-node default.
 ///
 /// # Errors
 /// The file cannot be read, does not parse, or fails validation.
 pub fn load_config(config_path: Option<&Path>) -> anyhow::Result<NodeConfig> {
     match config_path {
-        Some(path) => NodeConfig::load(path),
+        Some(path) => Ok(NodeConfig::load(path)?),
         None => Ok(NodeConfig::single_node()),
     }
 }
@@ -61,8 +56,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let stop_requested = |mut stop_rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     };
+    let stopping_node = node.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
+        hand_over_before_stopping(&stopping_node).await;
         let _ = stop_tx.send(true);
     });
     let serving = service::serve(node.clone(), listener, security, stop_requested(stop_rx.clone()));
@@ -98,6 +95,19 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A leader told to stop hands leadership to an up-to-date follower first
+/// (within [`limits::SHUTDOWN_HANDOVER_MAX`]), so its going costs the
+/// cluster no election timeout; the drain and stop follow either way.
+async fn hand_over_before_stopping(node: &Node) {
+    if !node.is_leader() {
+        return;
+    }
+    match node.transfer_leadership(None, limits::SHUTDOWN_HANDOVER_MAX).await {
+        Ok(leader) => tracing::info!(leader, "stopping: leadership handed over"),
+        Err(error) => tracing::warn!(?error, "stopping: leadership not handed over; the others will elect"),
+    }
+}
+
 /// Completes on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {
     let terminate = async {
@@ -121,7 +131,7 @@ async fn shutdown_signal() {
 /// Every node of the new cluster runs this; the first that is
 /// leader writes it, the others see it applied and stop.
 async fn write_initial_lock_expiration(node: Arc<Node>, lock_expiration_ms: u64) {
-    let deadline = tokio::time::Instant::now() + INITIAL_LOCK_EXPIRATION_DEADLINE;
+    let deadline = tokio::time::Instant::now() + limits::INITIAL_LOCK_EXPIRATION_DEADLINE;
     while tokio::time::Instant::now() < deadline {
         if node.local_view(|applied| applied.state.lock_expiration_ms(DEFAULT_NAMESPACE)) == lock_expiration_ms {
             return;
@@ -136,14 +146,14 @@ async fn write_initial_lock_expiration(node: Arc<Node>, lock_expiration_ms: u64)
                 Err(error) => tracing::debug!(?error, "initial lock expiration not written yet"),
             }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(limits::INITIAL_LOCK_EXPIRATION_RETRY).await;
     }
     tracing::warn!(lock_expiration_ms, "gave up writing the initial lock expiration");
 }
 
 /// One log line per leader change and per membership change.
 async fn log_leader_changes(node: Arc<Node>) {
-    let mut metrics = node.raft.metrics();
+    let mut metrics = node.raft().metrics();
     let mut last_leader = None;
     let mut last_membership = None;
     while metrics.changed().await.is_ok() {

@@ -1,30 +1,13 @@
-//! Replication: openraft's types for runner-storage, the sled stores, and the
-//! gRPC transport between nodes.
+//! Replication: openraft's types for runner-storage, and the three parts
+//! under them, each importing only the ones before it:
 //!
-//! - [`election`]: campaigns at once when an election's outcome is clear.
-//! - [`log_store`]: the Raft log, vote and markers in sled, group-committed.
-//! - [`sm_store`]: applies entries to the pure state machine; snapshots.
-//! - [`network`]: the client side of Raft RPCs to peers (tonic).
-//! - [`quorum`]: whether a leader still hears from a quorum.
-//! - [`server`]: the server side of Raft RPCs from peers (tonic).
-//! - [`append_stream`]: replication over one gRPC stream per session.
-//! - [`early_replication`]: the leader sends entries while its flush runs.
-//! - [`sled_schema`]: every tree and key on disk.
-//! - [`data_dir`]: the data dir's layout, format version and the syncs
-//!   that make it durable; [`snapshot_file`]: the snapshot, as a file.
+//! - [`storage`]: the log, vote, state machine and snapshots on the data dir.
+//! - [`transport`]: Raft traffic between nodes over tonic.
+//! - [`workarounds`]: what openraft 0.9 lacks, behind narrow interfaces.
 
-pub mod append_stream;
-pub mod data_dir;
-pub mod early_replication;
-pub mod election;
-pub mod log_store;
-pub mod network;
-pub mod quorum;
-pub mod recent_entries;
-pub mod server;
-pub mod sled_schema;
-pub mod sm_store;
-pub mod snapshot_file;
+pub mod storage;
+pub mod transport;
+pub mod workarounds;
 
 use crate::state_machine::{Envelope, Reply};
 
@@ -49,12 +32,6 @@ pub type NodeId = u64;
 pub type Node = openraft::BasicNode;
 /// The Raft handle of a node.
 pub type Raft = openraft::Raft<TypeConfig>;
-
-/// Whether `vote` is `node`'s own committed vote: `node` leads under it
-/// (and openraft 0.9 would resume leading under it after a restart).
-pub fn is_leader_vote(vote: &openraft::Vote<NodeId>, node: NodeId) -> bool {
-    vote.is_committed() && vote.leader_id().voted_for() == Some(node)
-}
 
 /// Short names for openraft's generic types under [`TypeConfig`].
 pub mod typ {

@@ -12,12 +12,13 @@ use tonic::{Request, Response, Status};
 
 use super::answer_or_forward;
 use crate::model::RequestId;
-use crate::node::{MembershipView, Node};
+use crate::node::membership::MembershipView;
+use crate::node::Node;
 use crate::pb::admin as admin_pb;
 use crate::pb::v1 as pb;
-use crate::service::status;
 use crate::state_machine::Reply;
 use crate::state_machine::{namespace_or_default, validate_namespace, Command, State};
+use crate::transport::status;
 
 /// The `Admin` service of one node.
 pub struct AdminService {
@@ -47,7 +48,7 @@ impl pb::admin_server::Admin for AdminService {
     async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let namespace = namespace_or_default(&request.get_ref().namespace);
         validate_namespace(&namespace).map_err(status::to_status)?;
-        let metrics = self.node.raft.metrics().borrow().clone();
+        let metrics = self.node.raft().metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
         let members = membership
@@ -207,11 +208,27 @@ impl admin_pb::cluster_server::Cluster for ClusterService {
         answer_or_forward("change_membership", request, local, forward, &self.node).await
     }
 
+    async fn transfer_leader(
+        &self,
+        request: Request<admin_pb::TransferLeaderRequest>,
+    ) -> Result<Response<admin_pb::TransferLeaderResponse>, Status> {
+        let local = |m: &admin_pb::TransferLeaderRequest| {
+            let target = (m.node_id != 0).then_some(m.node_id);
+            async move {
+                let leader_id = self.node.transfer_leadership(target, crate::limits::HANDOVER_TIMEOUT).await?;
+                let term = self.node.raft().metrics().borrow().current_term;
+                Ok(admin_pb::TransferLeaderResponse { leader_id, term })
+            }
+        };
+        let forward = |c, r| async move { cluster_client(c).transfer_leader(r).await };
+        answer_or_forward("transfer_leader", request, local, forward, &self.node).await
+    }
+
     async fn trigger_snapshot(
         &self,
         _request: Request<admin_pb::TriggerSnapshotRequest>,
     ) -> Result<Response<admin_pb::TriggerSnapshotResponse>, Status> {
-        self.node.raft.trigger().snapshot().await.map_err(|fatal| Status::unavailable(fatal.to_string()))?;
+        self.node.raft().trigger().snapshot().await.map_err(|fatal| Status::unavailable(fatal.to_string()))?;
         Ok(Response::new(admin_pb::TriggerSnapshotResponse {}))
     }
 }

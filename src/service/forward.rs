@@ -5,53 +5,17 @@
 //! leader hint instead of forwarding again (`FORWARD_HOPS_MAX` = 1), so a
 //! call can never loop between nodes that disagree about the leader.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
-use tonic::transport::Channel;
-
-use crate::error::Error;
-use crate::transport::Dialer;
+use crate::transport::pool::ChannelPool;
 
 /// Metadata key marking a call forwarded by another node.
 pub const FORWARDED_KEY: &str = "x-runner-storage-forwarded";
 
-/// Channels to the nodes this node has forwarded to, by address.
-#[derive(Debug, Default)]
-pub struct Forwarder {
-    dialer: Dialer,
-    channels: Mutex<HashMap<String, Channel>>,
-}
-
-impl Forwarder {
-    /// A forwarder that dials leaders with `dialer`.
-    pub fn new(dialer: Dialer) -> Self {
-        Forwarder { dialer, channels: Mutex::new(HashMap::new()) }
-    }
-
-    /// Marks `message` forwarded, keeps the caller's deadline, adds the token.
-    pub fn request<T>(&self, message: T, timeout: Option<std::time::Duration>) -> tonic::Request<T> {
-        let mut request = forwarded_request(message, timeout);
-        self.dialer.authorize(&mut request);
-        request
-    }
-
-    /// A (lazily connected) channel to `address`.
-    ///
-    /// # Errors
-    /// [`Error::Unavailable`] when the address is not usable.
-    pub fn channel(&self, address: &str) -> Result<Channel, Error> {
-        let mut channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(channel) = channels.get(address) {
-            return Ok(channel.clone());
-        }
-        let channel = self
-            .dialer
-            .channel(address)
-            .map_err(|e| Error::unavailable(format!("leader address {address:?} is not usable: {e}")))?;
-        channels.insert(address.to_owned(), channel.clone());
-        Ok(channel)
-    }
+/// `message` as a request forwarded to the leader: marked forwarded, with
+/// what is left of the caller's deadline and the pool's token.
+pub fn forward_request<T>(pool: &ChannelPool, message: T, timeout: Option<std::time::Duration>) -> tonic::Request<T> {
+    let mut request = forwarded_request(message, timeout);
+    pool.dialer().authorize(&mut request);
+    request
 }
 
 /// Whether `request` was already forwarded by another node.
@@ -136,6 +100,7 @@ place_again!(|message: &Self| message.request_id.is_some() =>
 place_again!(|_: &Self| false =>
     crate::pb::admin::AddLearnerRequest,
     crate::pb::admin::ChangeMembershipRequest,
+    crate::pb::admin::TransferLeaderRequest,
 );
 
 #[cfg(test)]
@@ -148,7 +113,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let channel = Forwarder::new(Dialer::default()).channel(&address).unwrap();
+        let channel = ChannelPool::default().channel(&address).unwrap();
         let mut client = pb::runner_storage_client::RunnerStorageClient::new(channel);
         let status = client.get_runners(forwarded_request(pb::GetRunnersRequest::default(), None)).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
@@ -169,7 +134,7 @@ mod tests {
             let mut received = vec![0; 4096];
             let _ = socket.read(&mut received).await;
         });
-        let channel = Forwarder::new(Dialer::default()).channel(&address).unwrap();
+        let channel = ChannelPool::default().channel(&address).unwrap();
         let mut client = pb::runner_storage_client::RunnerStorageClient::new(channel);
         let status = client.get_runners(forwarded_request(pb::GetRunnersRequest::default(), None)).await.unwrap_err();
         dies_mid_call.await.unwrap();

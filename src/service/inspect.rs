@@ -14,9 +14,6 @@ use crate::pb::admin as pb;
 use crate::pb::admin::inspect_client::InspectClient;
 use crate::state_machine::{namespace_or_default, validate_namespace, Namespace, State};
 
-/// Most records one List call returns; a larger table is cut (and says so in the log).
-pub const LIST_RECORDS_MAX: usize = 100_000;
-
 /// The `Inspect` service of one node.
 pub struct InspectService {
     node: Arc<Node>,
@@ -43,7 +40,7 @@ fn runner_records(namespace: Option<&Namespace>, now_ms: u64, lock_expiration_ms
         })
         .collect();
     runners.sort_by_key(|runner| runner.machine_id);
-    runners.truncate(LIST_RECORDS_MAX);
+    runners.truncate(crate::limits::LIST_RECORDS_MAX);
     pb::ListRunnersResponse { runners, lock_expiration_ms }
 }
 
@@ -73,7 +70,7 @@ fn lock_records(
         })
         .collect();
     locks.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
-    locks.truncate(LIST_RECORDS_MAX);
+    locks.truncate(crate::limits::LIST_RECORDS_MAX);
     let locks = locks.into_iter().map(|(_, _, lock)| lock).collect();
     pb::ListLocksResponse { locks, lock_expiration_ms }
 }

@@ -5,14 +5,16 @@
 //! - [`runner_storage`]: the eight calls: decode, propose or read, encode.
 //! - [`admin`]: `Admin.Status`, `Admin.SetLockExpiration`, and membership.
 //! - [`forward`]: a follower hands a call to the leader, once.
-//! - [`status`]: the one `Error` ↔ gRPC status mapping.
+//! - [`inspect`]: the runner and lock tables for operators.
+//! - [`observe`]: gRPC health and the `/metrics` endpoint.
+//!
+//! Errors become statuses through the one table, `transport::status`.
 
 pub mod admin;
 pub mod forward;
 pub mod inspect;
 pub mod observe;
 pub mod runner_storage;
-pub mod status;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,8 +28,9 @@ use crate::error::Error;
 use crate::limits;
 use crate::node::{CallError, Node};
 use crate::pb;
-use crate::raft::server::RaftService;
+use crate::raft::transport::server::RaftService;
 use crate::transport;
+use crate::transport::status;
 
 /// Who may call a node: TLS on the port, and the bearer token.
 #[derive(Debug, Clone, Default)]
@@ -72,13 +75,10 @@ pub async fn serve(
     let cluster = pb::admin::cluster_server::ClusterServer::new(admin::ClusterService::new(node.clone()));
     let inspect = pb::admin::inspect_server::InspectServer::new(inspect::InspectService::new(node.clone()))
         .max_encoding_message_size(bytes_max);
-    let raft = pb::raft::raft_server::RaftServer::new(RaftService::new(
-        node.raft.clone(),
-        node.election_nudges.clone(),
-        stopping_rx,
-    ))
-    .max_decoding_message_size(bytes_max)
-    .max_encoding_message_size(bytes_max);
+    let raft =
+        pb::raft::raft_server::RaftServer::new(RaftService::new(node.raft().clone(), node.raft_events(), stopping_rx))
+            .max_decoding_message_size(bytes_max)
+            .max_encoding_message_size(bytes_max);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     tokio::spawn(observe::report_health(node.clone(), health_reporter));
     let reflection = tonic_reflection::server::Builder::configure()
@@ -130,7 +130,7 @@ where
     let started = std::time::Instant::now();
     let answer = answer_or_forward_unmeasured(request, local, forward, node).await;
     let error_code = answer.as_ref().err().map(Status::code);
-    node.metrics.record_call(call, started.elapsed(), error_code);
+    node.metrics().record_call(call, started.elapsed(), error_code);
     answer
 }
 
@@ -164,20 +164,12 @@ where
         let leader_address = match leader_address {
             Some(address) if !already_forwarded => address,
             None if may_wait && node.wait_for_leader(None, no_leader_hold_until).await => continue,
-            leader_hint => {
-                let message = match &leader_hint {
-                    None => format!("node {} is not the leader and knows no leader", node.id),
-                    Some(leader) => {
-                        format!("node {} is not the leader (forwarded once already; leader: {leader})", node.id)
-                    }
-                };
-                return Err(status::to_status(Error::Unavailable { message, leader_hint }));
-            }
+            leader_hint => return Err(not_leader_status(node, leader_hint)),
         };
-        let channel = node.forwarder.channel(&leader_address).map_err(status::to_status)?;
+        let channel = node.peers().channel(&leader_address).map_err(status::to_status)?;
         // What is left of the caller's deadline, after any wait for a leader.
         let remaining = timeout.map(|t| t.saturating_sub(received.elapsed()));
-        let forwarded = forward(channel, node.forwarder.request(message.clone(), remaining));
+        let forwarded = forward(channel, forward::forward_request(node.peers(), message.clone(), remaining));
         // A leader that stops answering (paused, partitioned) holds the call
         // until the caller gives up. As soon as this node knows another
         // leader, place the call there, when placing it twice does no harm.
@@ -192,36 +184,51 @@ where
                 continue;
             }
         };
-        // A leader that refused the connection never saw the call: it died,
-        // and an election is under way. Hold the call for the next leader
-        // instead of sending the caller away to retry blindly.
-        if may_wait
-            && forward::never_delivered(&status)
-            && node.wait_for_leader(Some(&leader_address), hold_until).await
-        {
-            continue;
-        }
-        // A connection that broke mid-call (often a stale one to a leader
-        // that just died) leaves the call's fate unknown. Place it again only
-        // when a second placement cannot apply it twice; the next attempt
-        // meets a refused connection if the leader is gone, and waits above.
-        if may_wait
-            && forward::no_answer(&status)
-            && message.may_place_again()
-            && node.wait_for_leader(None, hold_until).await
-        {
+        if may_wait && place_again_after(node, &status, &leader_address, message.may_place_again(), hold_until).await {
             continue;
         }
         return Err(forward_failure(status, &leader_address));
     }
 }
 
+/// `UNAVAILABLE` for a call this node cannot place: it knows no leader, or
+/// the call was forwarded to it already (it names the leader it knows).
+fn not_leader_status(node: &Node, leader_hint: Option<String>) -> Status {
+    let message = match &leader_hint {
+        None => format!("node {} is not the leader and knows no leader", node.id),
+        Some(leader) => format!("node {} is not the leader (forwarded once already; leader: {leader})", node.id),
+    };
+    status::to_status(Error::Unavailable { message, leader_hint })
+}
+
+/// Whether a call whose forward to `leader` failed with `status` is placed
+/// again, once a new leader is known (within `hold_until`).
+async fn place_again_after(
+    node: &Node,
+    status: &Status,
+    leader: &str,
+    may_place_twice: bool,
+    hold_until: tokio::time::Instant,
+) -> bool {
+    // A leader that refused the connection never saw the call: it died,
+    // and an election is under way. Hold the call for the next leader
+    // instead of sending the caller away to retry blindly.
+    if forward::never_delivered(status) {
+        return node.wait_for_leader(Some(leader), hold_until).await;
+    }
+    // A connection that broke mid-call (often a stale one to a leader that
+    // just died) leaves the call's fate unknown. Place it again only when a
+    // second placement cannot apply it twice; the next attempt meets a
+    // refused connection if the leader is gone, and waits above.
+    forward::no_answer(status) && may_place_twice && node.wait_for_leader(None, hold_until).await
+}
+
 /// Until when a call may wait for a leader: [`limits::LEADER_WAIT_MAX`],
 /// less when the caller's deadline is nearer (leaving it time to answer).
 fn leader_wait_deadline(timeout: Option<std::time::Duration>) -> tokio::time::Instant {
-    const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_millis(100);
-    let wait =
-        timeout.map_or(limits::LEADER_WAIT_MAX, |t| t.saturating_sub(ANSWER_MARGIN).min(limits::LEADER_WAIT_MAX));
+    let wait = timeout.map_or(limits::LEADER_WAIT_MAX, |t| {
+        t.saturating_sub(limits::LEADER_WAIT_ANSWER_MARGIN).min(limits::LEADER_WAIT_MAX)
+    });
     tokio::time::Instant::now() + wait
 }
 

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use openraft::ServerState;
 use tonic_health::server::HealthReporter;
@@ -11,21 +10,13 @@ use tonic_health::ServingStatus;
 
 use crate::node::Node;
 
-/// How often the health status is re-evaluated.
-const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(200);
-
-/// A leader that has not heard from a quorum for this long may be cut off.
-const LEADER_QUORUM_SILENCE_MAX: Duration = Duration::from_secs(2);
-
 /// Whether `node` can reach a leader now: it knows one, and if it is the
 /// leader, a quorum acknowledged it recently.
 pub fn can_reach_leader(node: &Node) -> bool {
-    let metrics = node.raft.metrics().borrow().clone();
+    let metrics = node.raft().metrics().borrow().clone();
     match (metrics.state, metrics.current_leader) {
         (_, None) => false,
-        (ServerState::Leader, Some(_)) => {
-            metrics.millis_since_quorum_ack.is_some_and(|ms| ms <= LEADER_QUORUM_SILENCE_MAX.as_millis() as u64)
-        }
+        (ServerState::Leader, Some(_)) => node.has_quorum(),
         (_, Some(_)) => true,
     }
 }
@@ -44,7 +35,7 @@ pub async fn report_health(node: Arc<Node>, reporter: HealthReporter) {
             tracing::info!(?status, "health changed");
             last = Some(status);
         }
-        tokio::time::sleep(HEALTH_POLL_INTERVAL).await;
+        tokio::time::sleep(crate::limits::HEALTH_POLL_INTERVAL).await;
     }
 }
 

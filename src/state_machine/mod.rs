@@ -250,8 +250,39 @@ impl State {
 }
 
 impl Namespace {
-    /// Runs a validated `command` at store time `now_ms`.
+    /// Runs a validated `command` at store time `now_ms`, and checks that
+    /// what it answers is what the tables now hold ([`Namespace::assert_answered`]).
     fn execute(&mut self, command: &Command, now_ms: u64) -> Reply {
+        let reply = self.run(command, now_ms);
+        self.assert_answered(command, &reply, now_ms);
+        reply
+    }
+
+    /// The pair assertion of every answer: a machine id handed out is the
+    /// record's, heartbeated now; a shard answered as held is this
+    /// address's, stamped now. Cheap (as many lookups as the call has ids),
+    /// and a breach means the reply and the replicated state disagree.
+    fn assert_answered(&self, command: &Command, reply: &Reply, now_ms: u64) {
+        match (command, reply) {
+            (Command::Register { address, .. }, Reply::MachineId(machine_id)) => {
+                let record = self.runners.get(address).map(|r| (r.machine_id, r.last_heartbeat_ms));
+                assert_eq!(
+                    record,
+                    Some((*machine_id, now_ms)),
+                    "register of {address} answered machine id {machine_id}"
+                );
+            }
+            (Command::Acquire { address, .. } | Command::Refresh { address, .. }, Reply::ShardIds(shard_ids)) => {
+                for shard_id in shard_ids {
+                    let lock = self.locks.get(shard_id.as_str()).map(|l| (l.address.as_str(), l.acquired_at_ms));
+                    assert_eq!(lock, Some((address.as_str(), now_ms)), "{shard_id} answered as held by {address}");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn run(&mut self, command: &Command, now_ms: u64) -> Reply {
         let result = match command {
             Command::Register { address, runner, healthy } => {
                 self.register(address, runner, *healthy, now_ms).map(Reply::MachineId)

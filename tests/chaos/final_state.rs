@@ -6,8 +6,9 @@
 //! rebuild each voter's state at `C` from its sled data dir the way a
 //! restart does (the latest snapshot, then the log entries after it
 //! through the pure state machine). The replicas must agree exactly; their
-//! common state, with node stamps mapped onto the lab clock, is the final
-//! observation the durability and linearizability checkers use.
+//! common state is the final observation the durability and
+//! linearizability checkers use. Its ages are measured from the state's
+//! own `now` (the time of the last command applied), never from any clock.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -17,13 +18,13 @@ use std::time::Duration;
 use openraft::storage::{RaftLogReader, RaftLogStorage};
 use openraft::EntryPayload;
 use runner_storage::client::Client;
-use runner_storage::raft::data_dir::{DataDir, Durability};
-use runner_storage::raft::log_store::LogStore;
-use runner_storage::raft::sm_store::StateMachineStore;
+use runner_storage::raft::storage::data_dir::{DataDir, Durability};
+use runner_storage::raft::storage::log_store::LogStore;
+use runner_storage::raft::storage::sm_store::StateMachineStore;
 use runner_storage::state_machine::{State, DEFAULT_NAMESPACE};
 use tokio::time::Instant;
 
-use crate::history::{FinalLock, FinalRunner, FinalState, LabClock};
+use crate::history::{LabClock, Observation, ObservedLock, ObservedRunner};
 use crate::lab::Lab;
 use crate::nemesis::{wait_for_leader, LEADER_WAIT};
 
@@ -61,31 +62,39 @@ async fn state_at(data_dir: &Path, index: u64) -> Result<State, String> {
     Ok(state)
 }
 
-fn final_state_of(state: &State, clock: &LabClock, at_us: i64) -> FinalState {
+fn final_state_of(state: &State, at_us: i64) -> Observation {
+    let now_ms = state.now_ms();
     let namespace = state.namespace(DEFAULT_NAMESPACE);
-    let mut locks: Vec<FinalLock> = namespace
+    let mut locks: Vec<ObservedLock> = namespace
         .into_iter()
         .flat_map(|namespace| namespace.locks().iter())
-        .map(|(shard_id, lock)| FinalLock {
+        .map(|(shard_id, lock)| ObservedLock {
             shard_id: shard_id.clone(),
             address: lock.address.clone(),
-            acquired_at_us: clock.wall_ms_to_lab_us(lock.acquired_at_ms),
+            age_ms: now_ms.saturating_sub(lock.acquired_at_ms),
         })
         .collect();
     locks.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
-    let mut runners: Vec<FinalRunner> = namespace
+    let mut runners: Vec<ObservedRunner> = namespace
         .into_iter()
         .flat_map(|namespace| namespace.runners().iter())
-        .map(|(address, record)| FinalRunner {
+        .map(|(address, record)| ObservedRunner {
             address: address.clone(),
             runner: record.runner.clone(),
             healthy: record.healthy,
             machine_id: record.machine_id,
-            last_heartbeat_us: clock.wall_ms_to_lab_us(record.last_heartbeat_ms),
+            heartbeat_age_ms: now_ms.saturating_sub(record.last_heartbeat_ms),
         })
         .collect();
     runners.sort_by(|a, b| a.address.cmp(&b.address));
-    FinalState { at_us, lock_expiration_ms: state.lock_expiration_ms(DEFAULT_NAMESPACE), locks, runners }
+    Observation {
+        source: "final state".into(),
+        runners_at: (at_us, at_us),
+        locks_at: (at_us, at_us),
+        lock_expiration_ms: state.lock_expiration_ms(DEFAULT_NAMESPACE),
+        locks,
+        runners,
+    }
 }
 
 async fn wait_for_applied(client: &Client, addresses: &[(u64, String)], index: u64) -> Vec<String> {
@@ -114,7 +123,7 @@ pub async fn read(
     shared: &Arc<Mutex<Lab>>,
     voters: &BTreeSet<u64>,
     clock: &LabClock,
-) -> (Option<FinalState>, Vec<String>) {
+) -> (Option<Observation>, Vec<String>) {
     let addresses: Vec<(u64, String)> = {
         let lab = shared.lock().expect("lab");
         voters.iter().map(|id| (*id, lab.address(*id))).collect()
@@ -155,5 +164,5 @@ pub async fn read(
             problems.push(format!("replicas disagree at index {commit_index}: node {id} differs from node {first_id}"));
         }
     }
-    (Some(final_state_of(first, clock, at_us)), problems)
+    (Some(final_state_of(first, at_us)), problems)
 }

@@ -1,12 +1,15 @@
 //! The history: every operation the workload issued, with its invocation
-//! and completion on the lab clock and its outcome, plus the faults the
-//! nemesis injected and the final state read from the nodes' disks.
+//! and completion on the lab clock and its outcome, the faults the nemesis
+//! injected, and the observations of the whole state (after every power
+//! cut, read through the cluster, and the final state read from the nodes'
+//! disks).
 //!
 //! Times are microseconds of one monotonic clock ([`LabClock`]) started with
-//! the lab. The nodes stamp commands with their wall clock in milliseconds;
-//! everything runs on one machine, so [`LabClock::wall_ms_to_lab_us`] maps
-//! a stamp onto the lab clock (the checkers allow [`CLOCK_TOLERANCE_US`] for
-//! the two clocks' drift and the stamps' truncation to milliseconds).
+//! the lab. Store time is no node's wall clock (SPEC §4) and the lab moves
+//! the nodes' wall clocks on purpose, so nothing here maps store stamps
+//! onto the lab clock: an observation carries *ages* (store now − a
+//! record's stamp), relative quantities the checkers bound from above
+//! through [`crate::checkers::store_time`].
 //!
 //! Outcomes: `ok` (an answer), `failed` (a definite refusal: nothing was
 //! applied) and `unknown` (timeout, `UNAVAILABLE` after the deadline, or a
@@ -19,49 +22,29 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 /// Microseconds on the lab clock.
 pub type Micros = i64;
 
-/// Slack between the lab clock and the nodes' millisecond wall-clock stamps.
-pub const CLOCK_TOLERANCE_US: Micros = 2_000;
-
-/// The one clock of a run: monotonic, with the wall clock read once at the
-/// same moment so node stamps can be placed on it.
+/// The one clock of a run: the test process's monotonic clock, which is
+/// also the clock the holder's contract (SPEC §4) is stated on.
 #[derive(Debug, Clone, Copy)]
 pub struct LabClock {
     base: Instant,
-    wall_base_us: i64,
 }
 
 impl LabClock {
     pub fn start() -> LabClock {
-        let base = Instant::now();
-        LabClock { base, wall_base_us: wall_now_us() }
+        LabClock { base: Instant::now() }
     }
 
     /// Microseconds since the lab started.
     pub fn now_us(&self) -> Micros {
         Micros::try_from(self.base.elapsed().as_micros()).expect("a run lasts less than 292,000 years")
     }
-
-    /// A node's wall-clock stamp (ms since the epoch) on the lab clock.
-    pub fn wall_ms_to_lab_us(&self, wall_ms: u64) -> Micros {
-        i64::try_from(wall_ms).expect("wall clock ms fit i64") * 1000 - self.wall_base_us
-    }
-
-    /// How far the wall clock moved against the monotonic one since the start.
-    pub fn drift_us(&self) -> Micros {
-        (wall_now_us() - self.wall_base_us) - self.now_us()
-    }
-}
-
-fn wall_now_us() -> i64 {
-    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970");
-    i64::try_from(since_epoch.as_micros()).expect("wall clock us fit i64")
 }
 
 /// What was asked.
@@ -180,32 +163,43 @@ pub struct FaultEvent {
     pub heal_us: Micros,
 }
 
-/// One lock record of the final state, times on the lab clock.
+/// One lock record as observed: its holder and its age (store now at the
+/// read − the stamp of the holder's last acquire or refresh).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FinalLock {
+pub struct ObservedLock {
     pub shard_id: String,
     pub address: String,
-    pub acquired_at_us: Micros,
+    pub age_ms: u64,
 }
 
-/// One runner record of the final state.
+/// One runner record as observed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FinalRunner {
+pub struct ObservedRunner {
     pub address: String,
     pub runner: String,
     pub healthy: bool,
     pub machine_id: i64,
-    pub last_heartbeat_us: Micros,
+    /// Store now at the read − the stamp of its last heartbeat.
+    pub heartbeat_age_ms: u64,
 }
 
-/// The state every replica reached after the run, read from their data dirs.
+/// The whole state seen at once: the runner table and the locks, each read
+/// within its window of the lab clock (two reads through the cluster after
+/// a power cut; one instant for the final state read from the disks).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FinalState {
-    /// When it was taken: after every client returned.
-    pub at_us: Micros,
+pub struct Observation {
+    /// What it was: `final state`, `after power-cut-all (fault 7)`, …
+    pub source: String,
+    pub runners_at: (Micros, Micros),
+    pub locks_at: (Micros, Micros),
     pub lock_expiration_ms: u64,
-    pub locks: Vec<FinalLock>,
-    pub runners: Vec<FinalRunner>,
+    pub locks: Vec<ObservedLock>,
+    pub runners: Vec<ObservedRunner>,
+}
+
+impl Observation {
+    /// Where its answer is reported.
+    pub const FINAL_ID: u64 = u64::MAX;
 }
 
 /// What a run knew when it started, for the report and for replays.
@@ -225,7 +219,8 @@ pub enum Line {
     Run(RunInfo),
     Op(Op),
     Fault(FaultEvent),
-    Final(FinalState),
+    Observation(Observation),
+    Final(Observation),
 }
 
 /// Everything the checkers read.
@@ -234,10 +229,17 @@ pub struct History {
     pub info: Option<RunInfo>,
     pub ops: Vec<Op>,
     pub faults: Vec<FaultEvent>,
-    pub final_state: Option<FinalState>,
+    /// The state read through the cluster after each power cut.
+    pub observations: Vec<Observation>,
+    pub final_state: Option<Observation>,
 }
 
 impl History {
+    /// Every observation, the final state last.
+    pub fn all_observations(&self) -> impl Iterator<Item = &Observation> {
+        self.observations.iter().chain(self.final_state.iter())
+    }
+
     pub fn lock_expiration_us(&self) -> Micros {
         let ms =
             self.info.as_ref().map_or(runner_storage::limits::LOCK_EXPIRATION_MS_DEFAULT, |i| i.lock_expiration_ms);
@@ -250,6 +252,7 @@ impl History {
         let mut lines: Vec<Line> = self.info.iter().cloned().map(Line::Run).collect();
         lines.extend(self.ops.iter().cloned().map(Line::Op));
         lines.extend(self.faults.iter().cloned().map(Line::Fault));
+        lines.extend(self.observations.iter().cloned().map(Line::Observation));
         lines.extend(self.final_state.iter().cloned().map(Line::Final));
         for line in &lines {
             serde_json::to_writer(&mut out, line)?;
@@ -268,6 +271,7 @@ impl History {
                 Line::Run(info) => history.info = Some(info),
                 Line::Op(op) => history.ops.push(op),
                 Line::Fault(fault) => history.faults.push(fault),
+                Line::Observation(observation) => history.observations.push(observation),
                 Line::Final(state) => history.final_state = Some(state),
             }
         }
@@ -283,6 +287,7 @@ pub struct Recorder {
     next_id: AtomicU64,
     ops: Mutex<Vec<Op>>,
     faults: Mutex<Vec<FaultEvent>>,
+    observations: Mutex<Vec<Observation>>,
 }
 
 /// How an error of the Rust client classifies: only refusals that prove
@@ -300,7 +305,13 @@ pub fn outcome_of(error: &runner_storage::Error) -> Outcome {
 
 impl Recorder {
     pub fn new(clock: LabClock) -> Recorder {
-        Recorder { clock, next_id: AtomicU64::new(0), ops: Mutex::new(Vec::new()), faults: Mutex::new(Vec::new()) }
+        Recorder {
+            clock,
+            next_id: AtomicU64::new(0),
+            ops: Mutex::new(Vec::new()),
+            faults: Mutex::new(Vec::new()),
+            observations: Mutex::new(Vec::new()),
+        }
     }
 
     /// Runs `call` through `future`, recording invocation, completion and outcome.
@@ -331,6 +342,10 @@ impl Recorder {
         self.faults.lock().expect("recorder lock").push(event);
     }
 
+    pub fn observation(&self, observation: Observation) {
+        self.observations.lock().expect("recorder lock").push(observation);
+    }
+
     /// Operations so far.
     pub fn ops_len(&self) -> usize {
         self.ops.lock().expect("recorder lock").len()
@@ -341,6 +356,7 @@ impl Recorder {
         let mut ops = self.ops.lock().expect("recorder lock").clone();
         ops.sort_by_key(|op| (op.invoke_us, op.id));
         let faults = self.faults.lock().expect("recorder lock").clone();
-        History { info: Some(info), ops, faults, final_state: None }
+        let observations = self.observations.lock().expect("recorder lock").clone();
+        History { info: Some(info), ops, faults, observations, final_state: None }
     }
 }

@@ -16,10 +16,14 @@
 //! 127.0.0.(10+h) with free ports; only process faults (kill, pause,
 //! restart, membership) are possible, and the output says so.
 //!
+//! With [`Features`], each initial node's data dir is a powerfs mount (power
+//! cuts) and every node runs under libfaketime with a clock file the lab
+//! rewrites (clock faults): see [`crate::lab_disks`].
+//!
 //! The prefix is `rsc{pid}x{n}`: labs of earlier runs whose process is gone
-//! are removed at start ([`clean_stale_labs`]); `Drop` kills every node and
-//! deletes the namespaces, also when a test panics (data dirs and logs are
-//! then kept and their path printed).
+//! are removed at start ([`clean_stale_labs`]); `Drop` kills every node,
+//! unmounts the powerfs mounts and deletes the namespaces, also when a test
+//! panics (data dirs and logs are then kept and their path printed).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -90,6 +94,15 @@ pub struct Block {
     pub server_only: bool,
 }
 
+/// What a run needs of the lab beyond processes and the network.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Features {
+    /// Mount powerfs as each initial node's data dir (power cuts).
+    pub powerfs: bool,
+    /// Run every node under libfaketime (clock faults).
+    pub faketime: bool,
+}
+
 pub struct Lab {
     pub mode: LabMode,
     pub dir: tempfile::TempDir,
@@ -104,6 +117,9 @@ pub struct Lab {
     /// so that a rebuild during a long run cannot mix two versions of it.
     binary: std::path::PathBuf,
     pub keep_files: bool,
+    pub(crate) features: Features,
+    /// The powerfs mount of each initial node, by node id.
+    pub(crate) mounts: BTreeMap<u64, powerfs::PowerFs>,
 }
 
 fn run(program: &str, args: &[&str]) -> Result<(), String> {
@@ -145,8 +161,9 @@ pub fn netns_available() -> Result<(), String> {
     run("iptables-restore", &["--version"]).map_err(|e| format!("no iptables-restore: {e}"))
 }
 
-/// Deletes the namespaces of labs whose process no longer runs.
+/// Deletes the namespaces (and unmounts the powerfs mounts) of labs whose process no longer runs.
 pub fn clean_stale_labs() {
+    crate::lab_disks::unmount_stale();
     let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else { return };
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or_default();
@@ -178,7 +195,7 @@ fn signal(child: &Child, signal: i32) {
 
 impl Lab {
     /// A lab for `size` nodes (plus a spare host), not started yet.
-    pub fn create(size: u8, tuning: Tuning, planted_bug: Option<&str>) -> Lab {
+    pub fn create(size: u8, tuning: Tuning, planted_bug: Option<&str>, features: Features) -> Lab {
         assert!((1..=9).contains(&size), "lab size {size} not in 1..=9");
         let dir = tempfile::Builder::new().prefix("runner-storage-chaos-").tempdir().expect("lab temp dir");
         // A hard link keeps this version even when cargo replaces the file
@@ -195,6 +212,7 @@ impl Lab {
                 LabMode::Netns { prefix: format!("rsc{}x{counter}", std::process::id()) }
             }
             Err(reason) => {
+                crate::lab_disks::unmount_stale();
                 eprintln!(
                     "chaos: network namespaces unavailable ({reason}): loopback lab on 127.0.0.x, \
                      process faults only (kill, pause, restart, membership); no partitions"
@@ -212,6 +230,8 @@ impl Lab {
             ports: BTreeMap::new(),
             binary,
             keep_files: std::env::var("CHAOS_KEEP").is_ok(),
+            features,
+            mounts: BTreeMap::new(),
         };
         if let Err(error) = lab.build_network() {
             lab.teardown_network();
@@ -220,8 +240,23 @@ impl Lab {
         let peers: Vec<(u64, String)> = (1..=size).map(|host| (u64::from(host), lab.host_address(host))).collect();
         for (id, _) in &peers {
             lab.write_node(*id, u8::try_from(*id).expect("host fits u8"), &peers);
+            if features.powerfs {
+                lab.mount_powerfs(*id);
+            }
         }
         lab
+    }
+
+    /// A name unique to this lab, for mounts and files.
+    pub fn tag(&self) -> String {
+        match &self.mode {
+            LabMode::Netns { prefix } => prefix.clone(),
+            LabMode::Loopback => {
+                let dir =
+                    self.dir.path().file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+                format!("rsc{}x{dir}", std::process::id())
+            }
+        }
     }
 
     pub fn is_netns(&self) -> bool {
@@ -343,6 +378,9 @@ impl Lab {
         };
         command.arg("serve").arg("--config").arg(&node.config_path);
         command.env("RUST_LOG", std::env::var("CHAOS_NODE_LOG").unwrap_or_else(|_| "info,openraft=warn".into()));
+        if self.features.faketime {
+            crate::lab_disks::fake_clock(&mut command, &self.dir.path().join(format!("clock/node{id}")));
+        }
         match &planted_bug {
             Some(bug) => command.env(runner_storage::node::PLANTED_BUG_ENV, bug),
             None => command.env_remove(runner_storage::node::PLANTED_BUG_ENV),
@@ -515,56 +553,12 @@ impl Drop for Lab {
                 let _ = child.wait();
             }
         }
+        let keep = self.keep_files || std::thread::panicking();
+        self.unmount_all(keep);
         self.teardown_network();
         if self.keep_files || std::thread::panicking() {
             self.dir.disable_cleanup(true);
             eprintln!("chaos: lab files (configs, data dirs, node logs) kept in {}", self.dir.path().display());
         }
-    }
-}
-
-/// Enters the network namespace bound at `path` on the calling thread and
-/// checks that it did.
-fn enter_namespace(path: &str) -> Result<(), String> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::MetadataExt;
-    let file = std::fs::File::open(path).map_err(|e| format!("open {path}: {e}"))?;
-    // SAFETY: `file` is an open namespace file descriptor for the duration of the call.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(format!("setns {path}: {}", std::io::Error::last_os_error()));
-    }
-    let expected = std::fs::metadata(path).map_err(|e| e.to_string())?.ino();
-    let current = std::fs::metadata("/proc/thread-self/ns/net").map_err(|e| e.to_string())?.ino();
-    if current == expected {
-        Ok(())
-    } else {
-        Err(format!("thread is in network namespace {current}, not {expected} ({path})"))
-    }
-}
-
-impl Lab {
-    /// The runtime every client of the test runs on. In the namespace lab
-    /// each of its threads (workers and blocking pool) enters the client
-    /// namespace before anything else, so every socket the clients open
-    /// belongs to the lab; a thread that cannot enter it aborts the process
-    /// rather than send lab traffic from the root namespace. Run all client
-    /// work in tasks spawned on it (`block_on`'s own future runs on the
-    /// calling thread, outside the lab).
-    pub fn client_runtime(&self) -> tokio::runtime::Runtime {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(2).enable_all();
-        if let Some(namespace) = self.client_namespace() {
-            let path = format!("/run/netns/{namespace}");
-            // Fail here, with a message, rather than abort in a worker.
-            std::thread::scope(|scope| scope.spawn(|| enter_namespace(&path)).join().expect("namespace probe thread"))
-                .unwrap_or_else(|error| panic!("cannot enter the client namespace: {error}"));
-            builder.on_thread_start(move || {
-                if let Err(error) = enter_namespace(&path) {
-                    eprintln!("chaos: FATAL: a client thread cannot enter the lab namespace: {error}");
-                    std::process::abort();
-                }
-            });
-        }
-        builder.build().expect("client runtime")
     }
 }

@@ -5,7 +5,10 @@
 //!
 //! Holds: SIGKILLed nodes stay down 1–3 s; a paused leader stays stopped
 //! 1.2–3 s (the election timeout is at most 0.8 s); partitions last 2–5 s;
-//! a membership change keeps the added node a voter for 1–3 s.
+//! a membership change keeps the added node a voter for 1–3 s. Power cuts
+//! ([`crate::nemesis_cuts`]) keep the power off 0.2–1 s, the workload held
+//! meanwhile; clock faults and the paused holder are in
+//! [`crate::nemesis_time`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -17,7 +20,8 @@ use rand::Rng;
 use runner_storage::client::Client;
 use tokio::time::Instant;
 
-use crate::history::{FaultEvent, Recorder};
+use crate::gate::Gate;
+use crate::history::{FaultEvent, Micros, Recorder};
 use crate::lab::{Block, Lab};
 
 /// Longest the nemesis waits for a leader that a majority of voters follow.
@@ -41,10 +45,16 @@ pub enum FaultKind {
     Asymmetric,
     RestartNode,
     Membership,
+    PowerCutNode,
+    PowerCutAll,
+    ClockStepForward,
+    ClockStepBack,
+    ClockSkew,
+    PauseHolder,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::KillLeader,
         FaultKind::KillRandom,
         FaultKind::PauseLeader,
@@ -53,6 +63,12 @@ impl FaultKind {
         FaultKind::Asymmetric,
         FaultKind::RestartNode,
         FaultKind::Membership,
+        FaultKind::PowerCutNode,
+        FaultKind::PowerCutAll,
+        FaultKind::ClockStepForward,
+        FaultKind::ClockStepBack,
+        FaultKind::ClockSkew,
+        FaultKind::PauseHolder,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +81,12 @@ impl FaultKind {
             FaultKind::Asymmetric => "asymmetric",
             FaultKind::RestartNode => "restart-node",
             FaultKind::Membership => "membership",
+            FaultKind::PowerCutNode => "power-cut-node",
+            FaultKind::PowerCutAll => "power-cut-all",
+            FaultKind::ClockStepForward => "clock-step-forward",
+            FaultKind::ClockStepBack => "clock-step-back",
+            FaultKind::ClockSkew => "clock-skew",
+            FaultKind::PauseHolder => "pause-holder",
         }
     }
 
@@ -76,10 +98,21 @@ impl FaultKind {
         matches!(self, FaultKind::IsolateLeader | FaultKind::SplitMajority | FaultKind::Asymmetric)
     }
 
+    /// Whether it needs each node's data dir on powerfs.
+    pub fn needs_powerfs(self) -> bool {
+        matches!(self, FaultKind::PowerCutNode | FaultKind::PowerCutAll)
+    }
+
+    /// Whether it needs the nodes under libfaketime.
+    pub fn needs_faketime(self) -> bool {
+        matches!(self, FaultKind::ClockStepForward | FaultKind::ClockStepBack | FaultKind::ClockSkew)
+    }
+
     /// How often the random phase picks it, relative to the others.
     fn weight(self) -> u32 {
         match self {
-            FaultKind::Membership | FaultKind::RestartNode => 1,
+            FaultKind::Membership | FaultKind::RestartNode | FaultKind::PauseHolder => 1,
+            FaultKind::ClockStepForward | FaultKind::ClockStepBack | FaultKind::ClockSkew => 1,
             _ => 2,
         }
     }
@@ -87,10 +120,18 @@ impl FaultKind {
 
 pub struct Nemesis {
     pub lab: Arc<Mutex<Lab>>,
-    recorder: Arc<Recorder>,
-    admin: Client,
-    rng: StdRng,
-    voters: BTreeSet<u64>,
+    pub(crate) recorder: Arc<Recorder>,
+    pub(crate) admin: Client,
+    pub(crate) rng: StdRng,
+    pub(crate) voters: BTreeSet<u64>,
+    pub(crate) endpoints: Vec<String>,
+    /// The workload's gate, closed around power cuts.
+    pub(crate) gate: Arc<Gate>,
+    /// When the fault being injected really struck, if later than its start
+    /// (a power cut strikes after the workload was held).
+    pub(crate) struck_us: Option<Micros>,
+    /// Faults of each kind injected so far, to name witnesses and observations.
+    pub(crate) serial: u64,
     next_spare_id: u64,
     kinds: Vec<FaultKind>,
     pub counts: BTreeMap<String, usize>,
@@ -105,20 +146,30 @@ fn lab(lab: &Arc<Mutex<Lab>>) -> std::sync::MutexGuard<'_, Lab> {
 }
 
 impl Nemesis {
-    pub fn new(shared: Arc<Mutex<Lab>>, recorder: Arc<Recorder>, seed: u64, kinds: Vec<FaultKind>) -> Nemesis {
+    pub fn new(
+        shared: Arc<Mutex<Lab>>,
+        recorder: Arc<Recorder>,
+        seed: u64,
+        kinds: Vec<FaultKind>,
+        gate: Arc<Gate>,
+    ) -> Nemesis {
         let (voters, endpoints): (BTreeSet<u64>, Vec<String>) = {
             let lab = lab(&shared);
             let voters: BTreeSet<u64> = (1..=u64::from(lab.size)).collect();
             let endpoints = voters.iter().map(|id| lab.address(*id)).collect();
             (voters, endpoints)
         };
-        let admin = Client::with_deadline(endpoints, MEMBERSHIP_DEADLINE).expect("admin client");
+        let admin = Client::with_deadline(endpoints.clone(), MEMBERSHIP_DEADLINE).expect("admin client");
         Nemesis {
             lab: shared,
             recorder,
             admin,
             rng: <StdRng as rand::SeedableRng>::seed_from_u64(seed ^ 0x006e_656d_6573_6973),
             voters,
+            endpoints,
+            gate,
+            struck_us: None,
+            serial: 0,
             next_spare_id: SPARE_ID_FIRST,
             kinds,
             counts: BTreeMap::new(),
@@ -144,8 +195,10 @@ impl Nemesis {
                 self.problems.push(format!("no leader within {LEADER_WAIT:?} before a {} fault", kind.name()));
                 break;
             }
+            self.serial += 1;
             let start_us = self.recorder.clock.now_us();
             let detail = self.inject(kind).await;
+            let start_us = self.struck_us.take().unwrap_or(start_us);
             let heal_us = self.recorder.clock.now_us();
             self.recorder.fault(FaultEvent { kind: kind.name().into(), detail: detail.clone(), start_us, heal_us });
             *self.counts.entry(kind.name().into()).or_default() += 1;
@@ -173,7 +226,7 @@ impl Nemesis {
         unreachable!("roll below the total weight")
     }
 
-    fn hold(&mut self, min_ms: u64, max_ms: u64) -> Duration {
+    pub(crate) fn hold(&mut self, min_ms: u64, max_ms: u64) -> Duration {
         Duration::from_millis(self.rng.gen_range(min_ms..=max_ms))
     }
 
@@ -217,15 +270,21 @@ impl Nemesis {
                 format!("SIGTERM and restart node {target} (clean exit: {clean})")
             }
             FaultKind::Membership => self.membership().await,
+            FaultKind::PowerCutNode => self.power_cut_node(leader).await,
+            FaultKind::PowerCutAll => self.power_cut_all().await,
+            FaultKind::ClockStepForward => self.clock_step(leader, true).await,
+            FaultKind::ClockStepBack => self.clock_step(leader, false).await,
+            FaultKind::ClockSkew => self.clock_skew(leader).await,
+            FaultKind::PauseHolder => self.pause_holder().await,
         }
     }
 
-    fn random_voter(&mut self) -> u64 {
+    pub(crate) fn random_voter(&mut self) -> u64 {
         let voters: Vec<u64> = self.voters.iter().copied().collect();
         *voters.choose(&mut self.rng).expect("voters")
     }
 
-    async fn kill_for(&mut self, target: u64) -> String {
+    pub(crate) async fn kill_for(&mut self, target: u64) -> String {
         let hold = self.hold(1000, 3000);
         self.act(|lab| lab.kill(target));
         tokio::time::sleep(hold).await;
@@ -329,7 +388,7 @@ impl Nemesis {
     }
 
     /// Restarts nodes that exited on their own and reports them.
-    fn reap_crashed(&mut self) {
+    pub(crate) fn reap_crashed(&mut self) {
         let crashed = self.act(|lab| lab.crashed_nodes());
         for id in crashed {
             self.problems.push(format!("node {id} exited on its own (see its log)"));
@@ -343,12 +402,16 @@ impl Nemesis {
         let healed = self.act(|lab| {
             for id in voters {
                 lab.resume(id);
+                if lab.features.faketime {
+                    let _ = lab.set_clock_offset(id, 0);
+                }
                 if !lab.is_running(id) {
                     lab.spawn(id);
                 }
             }
             lab.heal_network()
         });
+        self.gate.open();
         if let Err(error) = healed {
             self.problems.push(format!("cannot heal the network: {error}"));
         }
@@ -357,7 +420,7 @@ impl Nemesis {
     /// Runs `action` on the lab without stalling the runtime: lab actions
     /// block (processes, iptables, waiting for an exit), and a stalled
     /// worker would stall the clients whose latency is being measured.
-    fn act<T>(&self, action: impl FnOnce(&mut Lab) -> T) -> T {
+    pub(crate) fn act<T>(&self, action: impl FnOnce(&mut Lab) -> T) -> T {
         tokio::task::block_in_place(|| action(&mut lab(&self.lab)))
     }
 

@@ -20,7 +20,7 @@ use runner_storage::client::Client;
 
 use crate::checkers::{self, Verdicts};
 use crate::history::{LabClock, Recorder, RunInfo};
-use crate::lab::{Block, Lab, Tuning};
+use crate::lab::{Block, Features, Lab, Tuning};
 use crate::nemesis::{wait_for_leader, LEADER_WAIT};
 use crate::profile::LOCK_EXPIRATION;
 use crate::workload::{pool_address, runner_json, Recorded, REFRESH_INTERVAL};
@@ -34,7 +34,7 @@ const PINNED_DEADLINE: Duration = Duration::from_secs(8);
 
 /// Runs the scenario once and checks its history.
 pub fn run(planted_bug: Option<&str>, seed: u64) -> Verdicts {
-    let lab = Lab::create(3, Tuning::default(), planted_bug);
+    let lab = Lab::create(3, Tuning::default(), planted_bug, Features::default());
     let info = RunInfo {
         seed,
         nodes: 3,
@@ -81,8 +81,12 @@ async fn drive(shared: Arc<Mutex<Lab>>, recorder: Arc<Recorder>) {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let heartbeats = tokio::spawn(keep_registered(recorder.clone(), endpoints.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let second =
-        Recorded { recorder: &recorder, client: Client::new(endpoints).expect("client"), process: "second".into() };
+    let second = Recorded {
+        recorder: &recorder,
+        client: Client::new(endpoints).expect("client"),
+        process: "second".into(),
+        gate: None,
+    };
     if netns {
         let blocks: Vec<Block> = {
             let lab = shared.lock().expect("lab");
@@ -100,8 +104,12 @@ async fn drive(shared: Arc<Mutex<Lab>>, recorder: Arc<Recorder>) {
                 .collect()
         };
         tokio::task::block_in_place(|| shared.lock().expect("lab").set_blocks(&blocks)).expect("isolate the follower");
-        let pinned =
-            Recorded { recorder: &recorder, client: pinned_client(&follower_address), process: "pinned".into() };
+        let pinned = Recorded {
+            recorder: &recorder,
+            client: pinned_client(&follower_address),
+            process: "pinned".into(),
+            gate: None,
+        };
         tokio::time::sleep(Duration::from_millis(300)).await;
         let address = pool_address(1);
         let _ = second.register(&address, &runner_json(&address), true).await;
@@ -124,6 +132,7 @@ async fn drive(shared: Arc<Mutex<Lab>>, recorder: Arc<Recorder>) {
                     recorder: &recorder,
                     client: pinned_client(&follower_address),
                     process: format!("pinned-{index}"),
+                    gate: None,
                 };
                 let _ = pinned.get_runners().await;
             }));
@@ -145,8 +154,12 @@ fn pinned_client(address: &str) -> Client {
 
 /// A runner that registers and refreshes until `stop`.
 async fn keep_registered(recorder: Arc<Recorder>, endpoints: Vec<String>, stop: Arc<std::sync::atomic::AtomicBool>) {
-    let recorded =
-        Recorded { recorder: &recorder, client: Client::new(endpoints).expect("client"), process: "runner".into() };
+    let recorded = Recorded {
+        recorder: &recorder,
+        client: Client::new(endpoints).expect("client"),
+        process: "runner".into(),
+        gate: None,
+    };
     let address = pool_address(0);
     let _ = recorded.register(&address, &runner_json(&address), true).await;
     for _ in 0..1000 {

@@ -11,8 +11,9 @@ use runner_storage::client::Client;
 use tokio::time::Instant;
 
 use crate::checkers::{self, Verdicts};
+use crate::gate::Gate;
 use crate::history::{Answer, Call, History, LabClock, Recorder, RunInfo};
-use crate::lab::{Lab, Tuning};
+use crate::lab::{Features, Lab, Tuning};
 use crate::nemesis::{wait_for_leader, FaultKind, Nemesis, LEADER_WAIT};
 use crate::report::Summary;
 use crate::workload::{Workload, WorkloadConfig};
@@ -37,6 +38,8 @@ pub struct Profile {
     pub kinds: Vec<FaultKind>,
     /// Where to write the history and summary; a fresh dir when `None`.
     pub out_dir: Option<PathBuf>,
+    /// `RUNNER_STORAGE_PLANTED_BUG` for every node (checker tests only).
+    pub planted_bug: Option<String>,
 }
 
 pub struct RunResult {
@@ -49,16 +52,29 @@ impl RunResult {
     pub fn verdicts(&self) -> &Verdicts {
         &self.summary.verdicts
     }
+}
 
-    /// Whether the machine's wall clock kept pace with the monotonic one
-    /// (within the checkers' stamp tolerance) through the run. The nodes
-    /// stamp time with the wall clock and the checkers place those stamps
-    /// on the lab's monotonic clock: after a step of the wall clock (a host
-    /// that froze and resynced this VM moved it 16 s once) every
-    /// time-based verdict of the run is void.
-    pub fn clock_steady(&self) -> bool {
-        self.summary.clock_drift_us.abs() <= crate::history::CLOCK_TOLERANCE_US
-    }
+/// Whether this process can mount powerfs (root and `/dev/fuse`).
+fn powerfs_available() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() == 0 };
+    root && std::path::Path::new("/dev/fuse").exists()
+}
+
+/// The kinds this machine can inject, and the lab features they need.
+fn usable_kinds(profile: &Profile, netns: bool) -> (Vec<FaultKind>, Features) {
+    let kinds: Vec<FaultKind> = profile
+        .kinds
+        .iter()
+        .copied()
+        .filter(|kind| netns || !kind.needs_netns())
+        .filter(|kind| powerfs_available() || !kind.needs_powerfs())
+        .collect();
+    let features = Features {
+        powerfs: kinds.iter().any(|kind| kind.needs_powerfs()),
+        faketime: kinds.iter().any(|kind| kind.needs_faketime()),
+    };
+    (kinds, features)
 }
 
 /// A seed from `CHAOS_SEED`, or a fresh one (printed by the caller).
@@ -87,9 +103,10 @@ pub fn run(profile: &Profile) -> RunResult {
         "chaos {}: seed {} ({} nodes); replay the schedule with CHAOS_SEED={}",
         profile.name, profile.seed, profile.nodes, profile.seed
     );
-    let lab = Lab::create(profile.nodes, Tuning::default(), None);
+    let netns = crate::lab::netns_available().is_ok();
+    let (kinds, features) = usable_kinds(profile, netns);
+    let lab = Lab::create(profile.nodes, Tuning::default(), profile.planted_bug.as_deref(), features);
     let netns = lab.is_netns();
-    let kinds: Vec<FaultKind> = profile.kinds.iter().copied().filter(|kind| netns || !kind.needs_netns()).collect();
     let info = RunInfo {
         seed: profile.seed,
         nodes: u64::from(profile.nodes),
@@ -121,13 +138,13 @@ pub fn run(profile: &Profile) -> RunResult {
     verdicts.run.extend(driven.problems);
     let mut summary = Summary::new(&profile.name, &history, verdicts, history_path);
     summary.fault_kinds = kinds.iter().map(|kind| kind.name().to_owned()).collect();
-    summary.clock_drift_us = recorder.clock.drift_us();
     summary.notes = driven.notes;
     summary.write(&dir).expect("write the summary");
     // The nodes' logs go with the history: a slow recovery that is no
     // violation is explained by them, and the lab's files are deleted.
     shared.lock().expect("lab").copy_logs_to(&dir);
-    if summary.verdicts.violation_count() > 0 {
+    // A planted bug's violations are the point of its run: nothing to keep.
+    if summary.verdicts.violation_count() > 0 && profile.planted_bug.is_none() {
         let mut lab = shared.lock().expect("lab");
         lab.keep_files = true;
         eprintln!("{}", lab.log_tails(20));
@@ -137,7 +154,7 @@ pub fn run(profile: &Profile) -> RunResult {
 }
 
 struct Driven {
-    final_state: Option<crate::history::FinalState>,
+    final_state: Option<crate::history::Observation>,
     problems: Vec<String>,
     notes: Vec<String>,
 }
@@ -170,9 +187,10 @@ async fn drive(shared: Arc<Mutex<Lab>>, recorder: Arc<Recorder>, profile: Profil
     }
     set_lock_expiration(&client, &recorder).await;
     let config = WorkloadConfig::standard(profile.seed, LOCK_EXPIRATION);
-    let workload = Workload::start(endpoints, recorder.clone(), config);
+    let gate = Arc::new(Gate::default());
+    let workload = Workload::start(endpoints, recorder.clone(), config, gate.clone());
     tokio::time::sleep(WARM_UP).await;
-    let mut nemesis = Nemesis::new(shared.clone(), recorder.clone(), profile.seed, kinds);
+    let mut nemesis = Nemesis::new(shared.clone(), recorder.clone(), profile.seed, kinds, gate);
     nemesis.run(Instant::now() + profile.fault_phase, profile.faults_max).await;
     tokio::time::sleep(COOL_DOWN).await;
     workload.stop().await;

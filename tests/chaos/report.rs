@@ -30,7 +30,6 @@ pub struct Summary {
     pub faults_by_kind: BTreeMap<String, usize>,
     pub ops_total: usize,
     pub ops_by_call: BTreeMap<String, Counts>,
-    pub clock_drift_us: i64,
     pub notes: Vec<String>,
     pub verdicts: Verdicts,
     pub history_path: PathBuf,
@@ -64,7 +63,6 @@ impl Summary {
             faults_by_kind,
             ops_total: history.ops.len(),
             ops_by_call,
-            clock_drift_us: 0,
             notes: Vec::new(),
             verdicts,
             history_path,
@@ -77,7 +75,7 @@ impl Summary {
         let _ =
             writeln!(out, "chaos {}: seed {} · {} nodes · lab {}", self.profile, self.seed, self.nodes, self.lab_mode);
         let _ = writeln!(out, "fault kinds enabled: {}", self.fault_kinds.join(", "));
-        let _ = writeln!(out, "duration {:.1} s · clock drift {} µs", self.duration_s, self.clock_drift_us);
+        let _ = writeln!(out, "duration {:.1} s", self.duration_s);
         let _ = writeln!(out, "faults: {} {:?}", self.faults_total, self.faults_by_kind);
         let _ = writeln!(out, "operations: {}", self.ops_total);
         for (call, counts) in &self.ops_by_call {

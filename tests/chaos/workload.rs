@@ -18,7 +18,9 @@
 //! under its own address (succeeding only on expired or free locks), holds
 //! it for a few refreshes and releases it.
 //!
-//! Every loop is bounded in time (the stop flag, lifetimes) and in count.
+//! Every call passes the [`Gate`] first, which the nemesis closes around a
+//! power cut. Every loop is bounded in time (the stop flag, lifetimes) and
+//! in count.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +36,7 @@ use runner_storage::Encoded;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::gate::Gate;
 use crate::history::{Answer, Call, Recorder};
 
 /// How often a runner refreshes (a heartbeat and lock renewal).
@@ -96,6 +99,7 @@ struct Context {
     config: WorkloadConfig,
     stop: AtomicBool,
     free_addresses: Mutex<BTreeSet<usize>>,
+    gate: Arc<Gate>,
 }
 
 impl Context {
@@ -108,56 +112,65 @@ impl Context {
     }
 }
 
-/// One client's recorded calls.
+/// One client's recorded calls, each after passing the gate (if any).
 pub struct Recorded<'a> {
     pub recorder: &'a Recorder,
     pub client: Client,
     pub process: String,
+    pub gate: Option<Arc<Gate>>,
 }
 
 impl Recorded<'_> {
+    async fn record<T>(
+        &self,
+        call: Call,
+        future: impl std::future::Future<Output = runner_storage::Result<T>>,
+        answer: impl FnOnce(&T) -> Answer,
+    ) -> runner_storage::Result<T> {
+        let _pass = match &self.gate {
+            Some(gate) => Some(gate.pass().await),
+            None => None,
+        };
+        self.recorder.record(&self.process, call, future, answer).await
+    }
+
     pub async fn register(&self, address: &str, runner: &str, healthy: bool) -> runner_storage::Result<i64> {
         let call = Call::Register { address: address.into(), runner: runner.into(), healthy };
-        let future = self.client.register(address, runner, healthy);
-        self.recorder.record(&self.process, call, future, |id| Answer::MachineId(*id)).await
+        self.record(call, self.client.register(address, runner, healthy), |id| Answer::MachineId(*id)).await
     }
 
     pub async fn unregister(&self, address: &str) -> runner_storage::Result<()> {
         let call = Call::Unregister { address: address.into() };
-        self.recorder.record(&self.process, call, self.client.unregister(address), |_| Answer::Done).await
+        self.record(call, self.client.unregister(address), |_| Answer::Done).await
     }
 
     pub async fn set_runner_health(&self, address: &str, healthy: bool) -> runner_storage::Result<()> {
         let call = Call::SetRunnerHealth { address: address.into(), healthy };
-        let future = self.client.set_runner_health(address, healthy);
-        self.recorder.record(&self.process, call, future, |_| Answer::Done).await
+        self.record(call, self.client.set_runner_health(address, healthy), |_| Answer::Done).await
     }
 
     pub async fn get_runners(&self) -> runner_storage::Result<Vec<(String, bool)>> {
-        let future = self.client.get_runners();
-        self.recorder.record(&self.process, Call::GetRunners, future, |runners| Answer::Runners(runners.clone())).await
+        self.record(Call::GetRunners, self.client.get_runners(), |runners| Answer::Runners(runners.clone())).await
     }
 
     pub async fn acquire(&self, address: &str, shard_ids: &[String]) -> runner_storage::Result<Vec<String>> {
         let call = Call::Acquire { address: address.into(), shard_ids: shard_ids.to_vec() };
-        let future = self.client.acquire(address, shard_ids);
-        self.recorder.record(&self.process, call, future, |ids| Answer::ShardIds(ids.clone())).await
+        self.record(call, self.client.acquire(address, shard_ids), |ids| Answer::ShardIds(ids.clone())).await
     }
 
     pub async fn refresh(&self, address: &str, shard_ids: &[String]) -> runner_storage::Result<Vec<String>> {
         let call = Call::Refresh { address: address.into(), shard_ids: shard_ids.to_vec() };
-        let future = self.client.refresh(address, shard_ids);
-        self.recorder.record(&self.process, call, future, |ids| Answer::ShardIds(ids.clone())).await
+        self.record(call, self.client.refresh(address, shard_ids), |ids| Answer::ShardIds(ids.clone())).await
     }
 
     pub async fn release(&self, address: &str, shard_id: &str) -> runner_storage::Result<()> {
         let call = Call::Release { address: address.into(), shard_id: shard_id.into() };
-        self.recorder.record(&self.process, call, self.client.release(address, shard_id), |_| Answer::Done).await
+        self.record(call, self.client.release(address, shard_id), |_| Answer::Done).await
     }
 
     pub async fn release_all(&self, address: &str) -> runner_storage::Result<()> {
         let call = Call::ReleaseAll { address: address.into() };
-        self.recorder.record(&self.process, call, self.client.release_all(address), |_| Answer::Done).await
+        self.record(call, self.client.release_all(address), |_| Answer::Done).await
     }
 }
 
@@ -168,10 +181,11 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// Starts every task on the current runtime.
-    pub fn start(endpoints: Vec<String>, recorder: Arc<Recorder>, config: WorkloadConfig) -> Workload {
+    /// Starts every task on the current runtime; each passes `gate` before every call.
+    pub fn start(endpoints: Vec<String>, recorder: Arc<Recorder>, config: WorkloadConfig, gate: Arc<Gate>) -> Workload {
         let free_addresses = Mutex::new((0..config.address_pool).collect());
-        let context = Arc::new(Context { endpoints, recorder, config, stop: AtomicBool::new(false), free_addresses });
+        let stop = AtomicBool::new(false);
+        let context = Arc::new(Context { endpoints, recorder, config, stop, free_addresses, gate });
         let mut tasks = Vec::new();
         for slot in 0..context.config.slots {
             tasks.push(tokio::spawn(runner_slot(context.clone(), slot)));
@@ -211,6 +225,7 @@ async fn runner_slot(context: Arc<Context>, slot: usize) {
             recorder: &context.recorder,
             client: context.client(),
             process: format!("runner-{slot}/{incarnation}"),
+            gate: Some(context.gate.clone()),
         };
         run_incarnation(&context, &recorded, &pool_address(index), &mut rng).await;
         context.free_addresses.lock().expect("address pool").insert(index);
@@ -306,8 +321,12 @@ async fn rebalance(context: &Context, recorded: &Recorded<'_>, address: &str, he
 }
 
 async fn read_loop(context: Arc<Context>, reader: usize) {
-    let recorded =
-        Recorded { recorder: &context.recorder, client: context.client(), process: format!("reader-{reader}") };
+    let recorded = Recorded {
+        recorder: &context.recorder,
+        client: context.client(),
+        process: format!("reader-{reader}"),
+        gate: Some(context.gate.clone()),
+    };
     for _ in 0..READS_PER_READER_MAX {
         if context.stopped() {
             return;
@@ -320,8 +339,12 @@ async fn read_loop(context: Arc<Context>, reader: usize) {
 async fn theft_loop(context: Arc<Context>, thief: usize) {
     let mut rng = StdRng::seed_from_u64(context.config.seed.wrapping_add(2000 + thief as u64));
     let address = format!("thief{thief}.chaos:1");
-    let recorded =
-        Recorded { recorder: &context.recorder, client: context.client(), process: format!("thief-{thief}") };
+    let recorded = Recorded {
+        recorder: &context.recorder,
+        client: context.client(),
+        process: format!("thief-{thief}"),
+        gate: Some(context.gate.clone()),
+    };
     for _ in 0..THEFTS_MAX {
         if context.stopped() {
             return;

@@ -16,6 +16,7 @@ mod clock;
 mod conformance_clusters;
 mod early_replication;
 mod failover;
+mod handover;
 mod membership;
 mod operations;
 mod restart;

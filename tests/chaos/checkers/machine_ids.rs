@@ -6,16 +6,19 @@
 //! or an `unregister` of another address (which deletes every runner that is
 //! not live) unless `a` was certainly live then — an `ok` heartbeat of `a`
 //! (register or refresh) completed before that unregister was invoked and
-//! was invoked less than `E` before it completed. Unknown unregisters may
+//! was invoked so shortly before it completed that store time cannot have
+//! aged it past `E` ([`super::store_time`]). Unknown unregisters may
 //! apply at any time after their invocation. If `b`'s register (invoked and
 //! completed) falls inside `a`'s certain presence, both records existed when
 //! it was applied, so their ids must differ mod 1024.
 //!
-//! From the final state: every pair of records differs mod 1024.
+//! From every observation (after power cuts, and the final state): every
+//! pair of records differs mod 1024.
 
 use std::collections::BTreeMap;
 
-use crate::history::{Answer, Call, History, Micros, Op, Outcome, CLOCK_TOLERANCE_US};
+use super::store_time::real_to_pass_us;
+use crate::history::{Answer, Call, History, Micros, Op, Outcome};
 
 const RESIDUES: i64 = runner_storage::limits::MACHINE_ID_RESIDUES;
 
@@ -45,13 +48,13 @@ pub fn check(history: &History) -> Vec<String> {
             }
         }
     }
-    if let Some(final_state) = &history.final_state {
-        for (i, first) in final_state.runners.iter().enumerate() {
-            for second in &final_state.runners[i + 1..] {
+    for observation in history.all_observations() {
+        for (i, first) in observation.runners.iter().enumerate() {
+            for second in &observation.runners[i + 1..] {
                 if first.machine_id.rem_euclid(RESIDUES) == second.machine_id.rem_euclid(RESIDUES) {
                     violations.push(format!(
-                        "final state: {} has machine id {} and {} has {}",
-                        first.address, first.machine_id, second.address, second.machine_id
+                        "{}: {} has machine id {} and {} has {}",
+                        observation.source, first.address, first.machine_id, second.address, second.machine_id
                     ));
                 }
             }
@@ -107,8 +110,10 @@ impl<'h> LivenessIndex<'h> {
             return false;
         }
         let Some(heartbeats) = self.heartbeats.get(address) else { return false };
-        let earliest = unregister.complete_us - self.lock_expiration_us + CLOCK_TOLERANCE_US;
-        let start = heartbeats.partition_point(|heartbeat| heartbeat.invoke_us <= earliest);
+        // Certainly live: from the heartbeat's invocation to the unregister's
+        // completion, store time cannot have advanced by E.
+        let too_early = unregister.complete_us - real_to_pass_us(self.lock_expiration_us);
+        let start = heartbeats.partition_point(|heartbeat| heartbeat.invoke_us <= too_early);
         heartbeats[start..].iter().take_while(|heartbeat| heartbeat.invoke_us < unregister.invoke_us).any(|heartbeat| {
             (heartbeat.id == since.id || heartbeat.invoke_us >= since.complete_us)
                 && heartbeat.complete_us < unregister.invoke_us

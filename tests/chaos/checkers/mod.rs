@@ -6,8 +6,11 @@
 //!   shard and for the runner table (a real search; relaxations documented
 //!   in the model modules).
 //! - [`machine_ids`]: no two present runners share a machine id mod 1024.
-//! - [`durability`]: acknowledged writes are in the final state.
+//! - [`durability`]: acknowledged writes are in every later observation
+//!   (after each power cut, and the final state).
 //! - [`availability`]: fault-to-recovery times; liveness after heal.
+//! - [`store_time`]: the only assumptions about store time (SPEC §4) the
+//!   others make; no checker maps a node's clock onto the lab's.
 
 pub mod availability;
 pub mod durability;
@@ -15,6 +18,7 @@ pub mod machine_ids;
 pub mod mutex;
 pub mod runner_model;
 pub mod shard_model;
+pub mod store_time;
 pub mod wgl;
 
 #[cfg(test)]
@@ -72,6 +76,10 @@ pub fn describe(history: &History, id: u64) -> String {
     if id == u64::MAX {
         return "the final state read from the replicas".into();
     }
+    let observation = usize::try_from(u64::MAX - 1 - id).ok().and_then(|index| history.observations.get(index));
+    if let Some(observation) = observation {
+        return format!("the observation of the whole state {}", observation.source);
+    }
     match history.ops.iter().find(|op| op.id == id) {
         Some(op) => format!(
             "op {} by {} [{} µs, {} µs] {:?} -> {:?} {:?}{}",
@@ -119,7 +127,7 @@ fn cut(history: &History, count: usize) -> History {
         op.outcome = Outcome::Unknown;
         op.answer = None;
     }
-    History { info: history.info.clone(), ops, faults: Vec::new(), final_state: None }
+    History { info: history.info.clone(), ops, faults: Vec::new(), observations: Vec::new(), final_state: None }
 }
 
 /// Bisects for the shortest failing cut of `history` under `check`.
@@ -127,7 +135,8 @@ fn culprit(history: &History, check: &dyn Fn(&History) -> Verdict) -> String {
     let fails = |count: usize| matches!(check(&cut(history, count)), Verdict::Violation { .. });
     let total = history.ops.len();
     if total == 0 || !fails(total) {
-        return "Every cut of the operations passes: the final state read from the replicas is what cannot be explained"
+        return "Every cut of the operations passes: an observation of the whole state (after a power cut, or the \
+                final state) is what cannot be explained"
             .into();
     }
     // fails(high) holds; fails(low) does not (no operations pass trivially).

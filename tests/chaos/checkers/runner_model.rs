@@ -2,17 +2,23 @@
 //! linearizability search, and the history it checks.
 //!
 //! State: the runner records (machine id, runner JSON, health flag, and the
-//! window the last heartbeat lies in) and a lower bound on state time.
+//! earliest lab time of the last heartbeat's stamp) and a lower bound on
+//! the linearization point of the next write.
+//!
+//! Time follows [`super::store_time`] alone: a runner is *certainly live*
+//! at an operation when too little real time passed since its heartbeat
+//! for store time to have aged it past `E`; otherwise it may be live or
+//! not — store time has no lower bound, so a runner may stay live for any
+//! real time. An observed heartbeat age may not exceed what store time can
+//! advance between the heartbeat and the read.
 //!
 //! Relaxations (each only widens what is accepted):
-//! - Writes take effect at an unknown `T` in their window, never below the
-//!   writes linearized before; reads at `T` in their window, at or above
-//!   those writes (`now = max(state now, leader clock)`), without raising
-//!   the bound for later writes. Constraints from lock operations are ignored.
-//! - Liveness (`last_heartbeat + E > T`) undecidable from the windows is
-//!   allowed both ways; in a read each record decides on its own (as if each
-//!   had its own `T`); in `unregister`, which deletes every runner that is
-//!   not live, every undecidable record branches into kept and deleted.
+//! - Writes take effect at a point in their window, never below the writes
+//!   linearized before; reads likewise, without raising the bound for later
+//!   writes. Constraints from lock operations are ignored.
+//! - In a read each record not certainly live may be listed or not; in
+//!   `unregister`, which deletes every runner that is not live, each such
+//!   record branches into kept and deleted.
 //! - Unknown outcomes: as in [`super::shard_model`].
 //! - `refresh` by an address never registered in the history is left out: it
 //!   cannot change the table.
@@ -23,7 +29,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::shard_model::{window_of, Interner, Window};
+use super::shard_model::{observation_id, observe_op, window_of, Interner, Window};
+use super::store_time::{age_possible, may_have_aged_past};
 use super::wgl::{Model, Timed};
 use crate::history::{Answer, Call, History, Micros, Outcome};
 
@@ -32,7 +39,8 @@ pub struct Record {
     machine_id: i64,
     runner: u32,
     healthy: bool,
-    heartbeat: Window,
+    /// The earliest lab time of the last heartbeat's stamp.
+    heartbeat_lo: Micros,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -41,14 +49,14 @@ pub struct TableState {
     clock_lo: Micros,
 }
 
-/// The final state of one runner record, exactly.
+/// One runner record as an observation saw it.
 #[derive(Debug, Clone)]
 pub struct ObservedRecord {
     pub address: u32,
     pub machine_id: i64,
     pub runner: u32,
     pub healthy: bool,
-    pub heartbeat_us: Micros,
+    pub heartbeat_age_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -100,12 +108,7 @@ fn free_machine_id(records: &BTreeMap<u32, Record>) -> i64 {
 
 impl TableModel {
     fn certainly_live(&self, record: &Record, time: Window) -> bool {
-        record.heartbeat.lo + self.lock_expiration_us > time.hi
-    }
-
-    fn possibly_live(&self, record: &Record, time: Window) -> bool {
-        // `hi` is `Micros::MAX` after a heartbeat of unknown outcome.
-        record.heartbeat.hi.saturating_add(self.lock_expiration_us) > time.lo
+        !may_have_aged_past(record.heartbeat_lo, time.hi, self.lock_expiration_us)
     }
 
     fn register(&self, state: &TableState, call: &TableCall, time: Window, next: &mut Vec<TableState>) {
@@ -118,14 +121,14 @@ impl TableModel {
         if machine_id.is_some_and(|answered| answered != id) {
             return;
         }
-        records.insert(address, Record { machine_id: id, runner, healthy, heartbeat: time });
+        records.insert(address, Record { machine_id: id, runner, healthy, heartbeat_lo: time.lo });
         next.push(TableState { records, clock_lo: time.lo });
     }
 
     fn unregister(&self, state: &TableState, address: u32, time: Window, next: &mut Vec<TableState>) {
         let mut outcomes = vec![state.records.clone()];
         for (other, record) in state.records.iter() {
-            if *other == address || !self.possibly_live(record, time) {
+            if *other == address {
                 outcomes.iter_mut().for_each(|records| {
                     records.remove(other);
                 });
@@ -152,7 +155,7 @@ impl TableModel {
         for record in by_machine_id {
             let listed =
                 answered.peek().is_some_and(|(runner, healthy)| *runner == record.runner && *healthy == record.healthy);
-            if listed && self.possibly_live(record, time) {
+            if listed {
                 answered.next();
             } else if self.certainly_live(record, time) {
                 return false;
@@ -161,15 +164,14 @@ impl TableModel {
         answered.next().is_none()
     }
 
-    fn observe_matches(state: &TableState, records: &[ObservedRecord]) -> bool {
+    fn observe_matches(state: &TableState, records: &[ObservedRecord], time: Window) -> bool {
         records.len() == state.records.len()
             && records.iter().all(|observed| {
                 state.records.get(&observed.address).is_some_and(|record| {
                     record.machine_id == observed.machine_id
                         && record.runner == observed.runner
                         && record.healthy == observed.healthy
-                        && record.heartbeat.lo <= observed.heartbeat_us
-                        && observed.heartbeat_us <= record.heartbeat.hi
+                        && age_possible(observed.heartbeat_age_ms, record.heartbeat_lo, time.hi)
                 })
             })
     }
@@ -184,24 +186,22 @@ impl Model for TableModel {
     }
 
     fn step(&self, state: &TableState, op: &TableOp, next: &mut Vec<TableState>) {
-        if let TableCall::Observe { records } = &op.call {
-            if Self::observe_matches(state, records) {
-                next.push(state.clone());
-            }
-            return;
-        }
         let lo = op.window.lo.max(state.clock_lo);
         if lo > op.window.hi {
             return;
         }
         let time = Window { lo, hi: op.window.hi };
         match &op.call {
+            TableCall::Observe { records } => {
+                if Self::observe_matches(state, records, time) {
+                    next.push(TableState { records: state.records.clone(), clock_lo: time.lo });
+                }
+            }
             TableCall::GetRunners { runners } => {
                 if self.read_matches(state, runners, time) {
                     next.push(state.clone());
                 }
             }
-            TableCall::Observe { .. } => unreachable!("handled above"),
             call @ TableCall::Register { .. } => self.register(state, call, time, next),
             TableCall::Unregister { address } => self.unregister(state, *address, time, next),
             TableCall::SetHealth { address, healthy } => {
@@ -214,7 +214,7 @@ impl Model for TableModel {
             TableCall::Heartbeat { address } => {
                 let mut records = state.records.clone();
                 if let Some(record) = records.get_mut(address) {
-                    record.heartbeat = time;
+                    record.heartbeat_lo = time.lo;
                 }
                 next.push(TableState { records, clock_lo: time.lo });
             }
@@ -264,8 +264,8 @@ pub fn table_history(history: &History, addresses: &mut Interner, runners: &mut 
         let window = window_of(op.invoke_us, complete_us);
         ops.push(Timed { op: TableOp { call, window }, invoke_us: op.invoke_us, complete_us, history_id: op.id });
     }
-    if let Some(final_state) = &history.final_state {
-        let records = final_state
+    for observation in history.all_observations() {
+        let records = observation
             .runners
             .iter()
             .map(|runner| ObservedRecord {
@@ -273,18 +273,14 @@ pub fn table_history(history: &History, addresses: &mut Interner, runners: &mut 
                 machine_id: runner.machine_id,
                 runner: runners.id(&runner.runner),
                 healthy: runner.healthy,
-                heartbeat_us: runner.last_heartbeat_us,
+                heartbeat_age_ms: runner.heartbeat_age_ms,
             })
             .collect();
-        let window = Window { lo: final_state.at_us, hi: final_state.at_us };
+        let window = Window { lo: observation.runners_at.0, hi: observation.runners_at.1 };
         let call = TableCall::Observe { records };
-        let at = Some(final_state.at_us);
-        ops.push(Timed {
-            op: TableOp { call, window },
-            invoke_us: final_state.at_us,
-            complete_us: at,
-            history_id: u64::MAX,
-        });
+        let id = observation_id(history, observation);
+        ops.push(observe_op(TableOp { call, window }, observation.runners_at, id));
     }
+    ops.sort_by_key(|timed| (timed.invoke_us, timed.history_id));
     ops
 }

@@ -1,28 +1,33 @@
 //! The sequential specification of one shard's lock, for the
 //! linearizability search, and the per-shard histories it checks.
 //!
-//! State: the lock record (holder address and the window its `acquired_at`
-//! lies in) and a lower bound on state-machine time.
+//! State: the lock record (holder address, and the earliest lab time its
+//! stamp can have been taken: the linearization point of the acquire or
+//! refresh that set it) and a lower bound on the linearization point of
+//! the next operation (points are monotone in linearization order).
+//!
+//! Time follows [`super::store_time`] alone (no node clock is trusted):
+//! - a takeover of another address's lock is possible only once store time
+//!   can have passed the holder's stamp by `E`: at a point at least
+//!   `real_to_pass_us(E)` after the stamp ([`super::store_time::may_have_aged_past`]);
+//! - a refusal is always possible while someone holds the record: store
+//!   time has no lower bound, so a lock may stay held for any real time;
+//! - an observed lock's age may not exceed what store time can advance
+//!   between the stamp and the read.
 //!
 //! Relaxations (each widens what is accepted, so a reported violation is
-//! real; none hides a wrong answer that the timestamps can decide):
-//! - A write takes effect at an unknown state time `T` in its window
-//!   `[invoke - tol, complete + tol]`, and `T` never goes below the time of
-//!   the writes linearized before it (state time never runs backwards). Time
-//!   constraints from operations on *other* shards are ignored.
-//! - Expiry is decided by `acquired_at + E < T` over windows: when the
-//!   windows cannot decide, both outcomes are allowed (the state becomes a
-//!   set of possibilities).
-//! - `releaseAll(a)` appears in the history of every shard `a` ever asked for.
-//! - An operation with an unknown outcome may take effect (with any answer)
-//!   at any time after its invocation, or never.
+//! real): time constraints from operations on *other* shards are ignored;
+//! `releaseAll(a)` appears in the history of every shard `a` ever asked
+//! for; an operation with an unknown outcome may take effect (with any
+//! answer) at any time after its invocation, or never.
 
 use std::collections::BTreeMap;
 
+use super::store_time::{age_possible, may_have_aged_past, real_to_pass_us};
 use super::wgl::{Model, Timed};
-use crate::history::{Call, History, Micros, Outcome, CLOCK_TOLERANCE_US};
+use crate::history::{Call, History, Micros, Observation, Outcome};
 
-/// A window of state-machine time, on the lab clock.
+/// A window of real (lab) time an operation takes effect in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Window {
     pub lo: Micros,
@@ -31,8 +36,9 @@ pub struct Window {
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ShardState {
-    holder: Option<(u32, Window)>,
-    clock_lo: Micros,
+    /// The holder and the earliest lab time of its stamp.
+    holder: Option<(u32, Micros)>,
+    point_lo: Micros,
 }
 
 #[derive(Debug, Clone)]
@@ -50,9 +56,9 @@ pub enum ShardCall {
     Release {
         address: u32,
     },
-    /// The final state: the holder and its `acquired_at`, exactly.
+    /// An observation: the holder and the lock's age in ms.
     Observe {
-        holder: Option<(u32, Micros)>,
+        holder: Option<(u32, u64)>,
     },
 }
 
@@ -67,35 +73,21 @@ pub struct ShardModel {
 }
 
 impl ShardModel {
-    /// The window of a write linearized in `state`, or `None` when it cannot be.
-    fn write_time(state: &ShardState, window: Window) -> Option<Window> {
-        let lo = window.lo.max(state.clock_lo);
-        (lo <= window.hi).then_some(Window { lo, hi: window.hi })
-    }
-
     fn acquire(&self, state: &ShardState, address: u32, got: Option<bool>, time: Window, next: &mut Vec<ShardState>) {
-        let unchanged = ShardState { holder: state.holder, clock_lo: time.lo };
         match state.holder {
-            None => {
-                if got != Some(false) {
-                    next.push(ShardState { holder: Some((address, time)), clock_lo: time.lo });
+            Some((holder, stamped_lo)) if holder != address => {
+                if got != Some(false) && may_have_aged_past(stamped_lo, time.hi, self.lock_expiration_us) {
+                    let lo = time.lo.max(stamped_lo.saturating_add(real_to_pass_us(self.lock_expiration_us)));
+                    next.push(ShardState { holder: Some((address, lo)), point_lo: lo });
+                }
+                if got != Some(true) {
+                    next.push(ShardState { holder: state.holder, point_lo: time.lo });
                 }
             }
-            Some((holder, _)) if holder == address => {
+            // Free, or already this address's: taken (again), stamped now.
+            _ => {
                 if got != Some(false) {
-                    next.push(ShardState { holder: Some((address, time)), clock_lo: time.lo });
-                }
-            }
-            Some((_, acquired_at)) => {
-                let expired_possible = acquired_at.lo + self.lock_expiration_us < time.hi;
-                // `hi` is `Micros::MAX` after a write of unknown outcome.
-                let held_possible = acquired_at.hi.saturating_add(self.lock_expiration_us) >= time.lo;
-                if expired_possible && got != Some(false) {
-                    let lo = time.lo.max(acquired_at.lo + self.lock_expiration_us);
-                    next.push(ShardState { holder: Some((address, Window { lo, hi: time.hi })), clock_lo: lo });
-                }
-                if held_possible && got != Some(true) {
-                    next.push(unchanged);
+                    next.push(ShardState { holder: Some((address, time.lo)), point_lo: time.lo });
                 }
             }
         }
@@ -107,39 +99,41 @@ impl Model for ShardModel {
     type Op = ShardOp;
 
     fn init(&self) -> Vec<ShardState> {
-        vec![ShardState { holder: None, clock_lo: Micros::MIN }]
+        vec![ShardState { holder: None, point_lo: Micros::MIN }]
     }
 
     fn step(&self, state: &ShardState, op: &ShardOp, next: &mut Vec<ShardState>) {
-        if let ShardCall::Observe { holder } = &op.call {
-            let matches = match (holder, &state.holder) {
-                (None, None) => true,
-                (Some((address, at)), Some((holder, window))) => {
-                    address == holder && window.lo <= *at && *at <= window.hi
-                }
-                _ => false,
-            };
-            if matches {
-                next.push(state.clone());
-            }
+        let lo = op.window.lo.max(state.point_lo);
+        if lo > op.window.hi {
             return;
         }
-        let Some(time) = Self::write_time(state, op.window) else { return };
+        let time = Window { lo, hi: op.window.hi };
         let holder = state.holder.map(|(holder, _)| holder);
         match op.call {
+            ShardCall::Observe { holder: observed } => {
+                let matches = match (observed, state.holder) {
+                    (None, None) => true,
+                    (Some((address, age_ms)), Some((holder, stamped_lo))) => {
+                        address == holder && age_possible(age_ms, stamped_lo, time.hi)
+                    }
+                    _ => false,
+                };
+                if matches {
+                    next.push(ShardState { holder: state.holder, point_lo: time.lo });
+                }
+            }
             ShardCall::Acquire { address, got } => self.acquire(state, address, got, time, next),
             ShardCall::Refresh { address, got } => {
                 if holder == Some(address) && got != Some(false) {
-                    next.push(ShardState { holder: Some((address, time)), clock_lo: time.lo });
+                    next.push(ShardState { holder: Some((address, time.lo)), point_lo: time.lo });
                 } else if holder != Some(address) && got != Some(true) {
-                    next.push(ShardState { holder: state.holder, clock_lo: time.lo });
+                    next.push(ShardState { holder: state.holder, point_lo: time.lo });
                 }
             }
             ShardCall::Release { address } => {
                 let holder = if holder == Some(address) { None } else { state.holder };
-                next.push(ShardState { holder, clock_lo: time.lo });
+                next.push(ShardState { holder, point_lo: time.lo });
             }
-            ShardCall::Observe { .. } => unreachable!("handled above"),
         }
     }
 }
@@ -157,11 +151,23 @@ impl Interner {
     }
 }
 
-/// The window a write of `op` may take effect in, widened by the clock tolerance.
+/// The window an operation may take effect in: between its invocation and
+/// its completion (any time after the invocation when the outcome is unknown).
 pub fn window_of(invoke_us: Micros, complete_us: Option<Micros>) -> Window {
-    Window {
-        lo: invoke_us - CLOCK_TOLERANCE_US,
-        hi: complete_us.map_or(Micros::MAX, |complete| complete + CLOCK_TOLERANCE_US),
+    Window { lo: invoke_us, hi: complete_us.unwrap_or(Micros::MAX) }
+}
+
+/// An observation as a timed operation of the linearizability search.
+pub fn observe_op<O>(op: O, (invoke_us, complete_us): (Micros, Micros), history_id: u64) -> Timed<O> {
+    Timed { op, invoke_us, complete_us: Some(complete_us), history_id }
+}
+
+/// The history id an observation is reported under: `u64::MAX` for the
+/// final state, `u64::MAX - 1 - i` for the `i`-th observation after a cut.
+pub fn observation_id(history: &History, observation: &Observation) -> u64 {
+    match history.observations.iter().position(|other| std::ptr::eq(other, observation)) {
+        Some(index) => Observation::FINAL_ID - 1 - index as u64,
+        None => Observation::FINAL_ID,
     }
 }
 
@@ -201,19 +207,14 @@ pub fn shard_histories(history: &History, addresses: &mut Interner) -> BTreeMap<
         }
     }
     add_release_alls(history, addresses, &askers, &mut per_shard);
-    if let Some(final_state) = &history.final_state {
+    for observation in history.all_observations() {
+        let id = observation_id(history, observation);
         for (shard_id, ops) in per_shard.iter_mut() {
-            let lock = final_state.locks.iter().find(|lock| &lock.shard_id == shard_id);
-            let holder = lock.map(|lock| (addresses.id(&lock.address), lock.acquired_at_us));
-            let window = Window { lo: final_state.at_us, hi: final_state.at_us };
+            let lock = observation.locks.iter().find(|lock| &lock.shard_id == shard_id);
+            let holder = lock.map(|lock| (addresses.id(&lock.address), lock.age_ms));
+            let window = Window { lo: observation.locks_at.0, hi: observation.locks_at.1 };
             let call = ShardCall::Observe { holder };
-            let complete_us = Some(final_state.at_us);
-            ops.push(Timed {
-                op: ShardOp { call, window },
-                invoke_us: final_state.at_us,
-                complete_us,
-                history_id: u64::MAX,
-            });
+            ops.push(observe_op(ShardOp { call, window }, observation.locks_at, id));
         }
     }
     for ops in per_shard.values_mut() {
