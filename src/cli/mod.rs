@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod ctl;
+pub mod offline;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -28,6 +29,11 @@ pub enum Command {
     },
     /// Inspect and administer a running cluster.
     Ctl(ctl::CtlArgs),
+    /// Seed a fresh data dir from a backup (`ctl backup`), with the node stopped.
+    Restore(offline::RestoreArgs),
+    /// Make a stopped node of a cluster that lost its majority for good a
+    /// cluster of one voter (entries it had not seen committed are lost).
+    Recover(offline::RecoverArgs),
     /// Drive a running cluster and report ops/s and latency percentiles.
     Bench(bench::BenchArgs),
 }
@@ -57,6 +63,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             runtime(config.worker_threads)?.block_on(serve::run(config))
         }
         Command::Ctl(args) => runtime(None)?.block_on(ctl::run(args)),
+        Command::Restore(args) => runtime(None)?.block_on(offline::restore(args)),
+        Command::Recover(args) => runtime(None)?.block_on(offline::recover(args)),
         Command::Bench(args) => runtime(Some(args.client_threads))?.block_on(bench::run(args)),
     }
 }
