@@ -12,6 +12,7 @@
 //! - [`memory`]: the state machine in process memory, with the local clock.
 //! - [`error`], [`limits`], [`clock`]: the error type, every bound, the one clock read.
 
+pub mod backup;
 pub mod cli;
 pub mod client;
 pub mod clock;

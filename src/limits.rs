@@ -77,6 +77,9 @@ pub const DEDUP_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// A client unseen for this many lock expirations is forgotten (SPEC §6).
 pub const DEDUP_CLIENT_IDLE_EXPIRATIONS: u64 = 10;
 
+/// Longest cluster id, in bytes.
+pub const CLUSTER_ID_BYTES_MAX: usize = 64;
+
 /// Longest client id of a request id, in bytes.
 pub const CLIENT_ID_BYTES_MAX: usize = 128;
 
@@ -263,10 +266,12 @@ pub const LEARNER_CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::f
 pub const LEARNER_PROGRESS_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// How long a freshly bootstrapped node keeps trying to write the
-/// configured initial lock expiration, and how often.
+/// configured initial lock expiration.
 pub const INITIAL_LOCK_EXPIRATION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
-/// See [`INITIAL_LOCK_EXPIRATION_DEADLINE`].
-pub const INITIAL_LOCK_EXPIRATION_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+/// How often a node that waits to lead, to write what a new cluster's
+/// first leader writes (the initial lock expiration, the cluster's id),
+/// looks again.
+pub const FIRST_LEADER_WRITE_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
 // ---- The service -------------------------------------------------------------
 

@@ -1,7 +1,9 @@
-//! The command line: `serve` and `ctl`, each a thin shell over the library.
+//! The command line: `serve`, `ctl`, and the offline `restore` and
+//! `recover`, each a thin shell over the library.
 //! (The benchmark is a binary of its own, `runner-storage-bench`, in `bench/`.)
 
 pub mod ctl;
+pub mod offline;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -28,6 +30,11 @@ pub enum Command {
     },
     /// Inspect and administer a running cluster.
     Ctl(ctl::CtlArgs),
+    /// Seed a fresh data dir from a backup (`ctl backup`), with the node stopped.
+    Restore(offline::RestoreArgs),
+    /// Make a stopped node of a cluster that lost its majority for good a
+    /// cluster of one voter (entries it had not seen committed are lost).
+    Recover(offline::RecoverArgs),
 }
 
 /// Starts `tracing` logs to stderr, filtered by `RUST_LOG` (default `info`,
@@ -55,6 +62,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             runtime(config.worker_threads)?.block_on(serve::run(config))
         }
         Command::Ctl(args) => runtime(None)?.block_on(ctl::run(args)),
+        Command::Restore(args) => runtime(None)?.block_on(offline::restore(args)),
+        Command::Recover(args) => runtime(None)?.block_on(offline::recover(args)),
     }
 }
 

@@ -11,7 +11,7 @@ use crate::config::NodeConfig;
 use crate::limits;
 use crate::node::Node;
 use crate::service;
-use crate::state_machine::{Command, NamespaceName, DEFAULT_NAMESPACE};
+use crate::state_machine::{Command, State, DEFAULT_NAMESPACE};
 
 /// The node config at `config_path`, or the embedded one-node default.
 ///
@@ -34,9 +34,16 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (in use?)", config.listen))?;
     let node = Node::open(&config).await?;
     let new_cluster = node.bootstrap_if_pristine(&config).await?;
-    if let (true, Some(expiration)) = (new_cluster, config.initial_lock_expiration_ms) {
-        tokio::spawn(write_initial_lock_expiration(node.clone(), expiration));
+    if let (true, Some(lock_expiration_ms)) = (new_cluster, config.initial_lock_expiration_ms) {
+        let done = move |state: &State| state.lock_expiration_ms(DEFAULT_NAMESPACE) == lock_expiration_ms;
+        let command = Command::SetLockExpiration { lock_expiration_ms };
+        let deadline = Some(limits::INITIAL_LOCK_EXPIRATION_DEADLINE);
+        tokio::spawn(node.clone().write_once_when_leading("the initial lock expiration", command, done, deadline));
     }
+    // A cluster is named by its first leader (restore and recover name theirs).
+    let command = Command::SetClusterId { cluster_id: new_cluster_id() };
+    let named = |state: &State| state.cluster_id().is_some();
+    tokio::spawn(node.clone().write_once_when_leading("the cluster's id", command, named, None));
     tokio::spawn(log_leader_changes(node.clone()));
     if let Some(metrics_listen) = config.metrics_listen {
         service::observe::serve_metrics(node.clone(), metrics_listen, shutdown_signal()).await?;
@@ -108,6 +115,11 @@ async fn hand_over_before_stopping(node: &Node) {
     }
 }
 
+/// A fresh random cluster id (128 bits, hex).
+pub fn new_cluster_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
 /// Completes on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {
     let terminate = async {
@@ -125,30 +137,6 @@ async fn shutdown_signal() {
         _ = terminate => {},
         _ = tokio::signal::ctrl_c() => {},
     }
-}
-
-/// On a new cluster, the leader writes the configured lock expiration once.
-/// Every node of the new cluster runs this; the first that is
-/// leader writes it, the others see it applied and stop.
-async fn write_initial_lock_expiration(node: Arc<Node>, lock_expiration_ms: u64) {
-    let deadline = tokio::time::Instant::now() + limits::INITIAL_LOCK_EXPIRATION_DEADLINE;
-    while tokio::time::Instant::now() < deadline {
-        if node.local_view(|applied| applied.state.lock_expiration_ms(DEFAULT_NAMESPACE)) == lock_expiration_ms {
-            return;
-        }
-        if node.is_leader() {
-            let namespace = NamespaceName::new_static(DEFAULT_NAMESPACE);
-            match node.write(namespace, None, Command::SetLockExpiration { lock_expiration_ms }).await {
-                Ok(_) => {
-                    tracing::info!(lock_expiration_ms, "initial lock expiration written");
-                    return;
-                }
-                Err(error) => tracing::debug!(?error, "initial lock expiration not written yet"),
-            }
-        }
-        tokio::time::sleep(limits::INITIAL_LOCK_EXPIRATION_RETRY).await;
-    }
-    tracing::warn!(lock_expiration_ms, "gave up writing the initial lock expiration");
 }
 
 /// One log line per leader change and per membership change.

@@ -110,6 +110,26 @@ impl Client {
         Ok((answer.leader_id, answer.term))
     }
 
+    /// The bytes of a backup file of the replicated state, read on the
+    /// leader after a read barrier (`ctl backup`).
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn backup(&self) -> Result<Vec<u8>> {
+        self.request_call(admin_pb::BackupRequest {}, self.call_deadline, |channel, request| async move {
+            let mut cluster = admin_pb::cluster_client::ClusterClient::new(channel)
+                .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
+            let mut chunks = cluster.backup(request).await?.into_inner();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = chunks.message().await? {
+                bytes.reserve(usize::try_from(chunk.total_bytes).unwrap_or(0).saturating_sub(bytes.len()));
+                bytes.extend_from_slice(&chunk.data);
+            }
+            Ok(tonic::Response::new(bytes))
+        })
+        .await
+    }
+
     /// Every runner record, on the leader after a read barrier.
     ///
     /// # Errors

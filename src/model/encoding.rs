@@ -115,6 +115,25 @@ pub fn split_shard_id(shard_id: &str) -> Result<(&str, &str)> {
     Ok((group, id))
 }
 
+/// Checks a cluster id: 1 to [`limits::CLUSTER_ID_BYTES_MAX`] bytes of
+/// ASCII letters, digits and `-` (it travels in request metadata).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming the problem.
+pub fn validate_cluster_id(cluster_id: &str) -> Result<()> {
+    let valid = !cluster_id.is_empty()
+        && cluster_id.len() <= limits::CLUSTER_ID_BYTES_MAX
+        && cluster_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "cluster_id {cluster_id:?} must be 1 to {} ASCII letters, digits or '-'",
+            limits::CLUSTER_ID_BYTES_MAX
+        )))
+    }
+}
+
 /// Checks the address argument of a call.
 ///
 /// # Errors

@@ -11,8 +11,40 @@ use crate::config::NodeConfig;
 use crate::error::Error;
 use crate::limits::BOOTSTRAP_DEFER;
 use crate::raft::NodeId;
+use crate::state_machine::{Command, NamespaceName, State, DEFAULT_NAMESPACE};
 
 impl Node {
+    /// Writes `command` (in the default namespace) once this node leads,
+    /// unless `done` holds of the applied state first; gives up after
+    /// `deadline` (`None`: it keeps trying). Every node of a new cluster
+    /// runs it; the first that leads writes, the others see it applied.
+    pub async fn write_once_when_leading(
+        self: Arc<Self>,
+        what: &'static str,
+        command: Command,
+        done: impl Fn(&State) -> bool,
+        deadline: Option<std::time::Duration>,
+    ) {
+        let give_up_at = deadline.map(|deadline| tokio::time::Instant::now() + deadline);
+        while give_up_at.is_none_or(|at| tokio::time::Instant::now() < at) {
+            if self.local_view(|applied| done(&applied.state)) {
+                return;
+            }
+            if self.is_leader() {
+                let namespace = NamespaceName::new_static(DEFAULT_NAMESPACE);
+                match self.write(namespace, None, command.clone()).await {
+                    Ok(_) => {
+                        tracing::info!(what, "written");
+                        return;
+                    }
+                    Err(error) => tracing::debug!(what, ?error, "not written yet"),
+                }
+            }
+            tokio::time::sleep(crate::limits::FIRST_LEADER_WRITE_RETRY).await;
+        }
+        tracing::warn!(what, "gave up writing it");
+    }
+
     /// Bootstraps a new cluster from a pristine node (no Raft state yet) whose
     /// config lists peers. Returns whether the node was pristine.
     ///

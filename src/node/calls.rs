@@ -16,6 +16,7 @@ use crate::clock::wall_clock_ms;
 use crate::error::Error;
 use crate::limits::RAFT_CALL_TIMEOUT;
 use crate::model::RequestId;
+use crate::raft::storage::sm_store::AppliedState;
 use crate::raft::workarounds::quorum;
 use crate::state_machine::{validate_namespace, Command, Envelope, NamespaceName, Reply, State};
 
@@ -101,9 +102,18 @@ impl Node {
     /// # Errors
     /// [`CallError::NotLeader`] on a follower; `Unavailable` without quorum.
     pub async fn read<T>(&self, read: impl FnOnce(&State, u64) -> T) -> Result<T, CallError> {
+        self.read_applied(|applied, now_ms| read(&applied.state, now_ms)).await
+    }
+
+    /// [`Node::read`] of the whole applied state (its Raft position and
+    /// membership too): what a backup copies.
+    ///
+    /// # Errors
+    /// As [`Node::read`].
+    pub async fn read_applied<T>(&self, read: impl FnOnce(&AppliedState, u64) -> T) -> Result<T, CallError> {
         if self.planted_bug == Some(PlantedBug::StaleReads) {
             let applied = self.state_machine.read();
-            return Ok(read(&applied.state, applied.state.now_ms().max(wall_clock_ms())));
+            return Ok(read(&applied, applied.state.now_ms().max(wall_clock_ms())));
         }
         self.refuse_without_quorum()?;
         let barrier = tokio::select! {
@@ -117,7 +127,7 @@ impl Node {
             BarrierOutcome::Passed => {
                 let store_now_ms = self.store_now_ms().await?;
                 let applied = self.state_machine.read();
-                Ok(read(&applied.state, applied.state.now_ms().max(store_now_ms)))
+                Ok(read(&applied, applied.state.now_ms().max(store_now_ms)))
             }
             BarrierOutcome::NotLeader(leader_address) => Err(CallError::NotLeader { leader_address }),
             BarrierOutcome::Failed(reason) => Err(Error::unavailable(reason).into()),

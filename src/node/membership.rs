@@ -74,8 +74,15 @@ impl Node {
             Err(Error::FailedPrecondition(format!("node {node_id} at {address} cannot join: {reason}")).into())
         };
         match tokio::time::timeout(NEW_NODE_PROBE_TIMEOUT, admin.status(request)).await {
-            Ok(Ok(status)) if status.get_ref().node_id == node_id => Ok(()),
-            Ok(Ok(status)) => refused(format!("it is configured as node {}", status.get_ref().node_id)),
+            Ok(Ok(status)) if status.get_ref().node_id != node_id => {
+                refused(format!("it is configured as node {}", status.get_ref().node_id))
+            }
+            Ok(Ok(status)) => match (self.cluster_identity().get(), status.get_ref().cluster_id.as_str()) {
+                (Some(ours), theirs) if !theirs.is_empty() && theirs != ours => refused(format!(
+                    "it belongs to another cluster ({theirs}; this one is {ours}): wipe its data dir first"
+                )),
+                _ => Ok(()),
+            },
             // Not up yet, maybe: retryable. Refused TLS or token is final.
             Ok(Err(status)) => match status::from_status(status) {
                 Error::Unavailable { message, .. } => {

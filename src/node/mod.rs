@@ -5,6 +5,7 @@
 //! - [`calls`]: [`Node::write`] and [`Node::read`], with the store time.
 //! - [`bootstrap`]: a new cluster's first start.
 //! - [`membership`]: learners, voters, probes of a joining node.
+//! - [`offline`]: restore and recover, on a stopped node's data dir.
 //! - [`proposer`]: batches concurrent writes into one Raft entry.
 //! - [`read_barrier`]: coalesced, leased linearizable read barriers.
 //! - [`planted`]: the bugs the chaos checkers must catch.
@@ -12,6 +13,7 @@
 pub mod bootstrap;
 pub mod calls;
 pub mod membership;
+pub mod offline;
 pub mod planted;
 pub mod proposer;
 pub mod read_barrier;
@@ -118,7 +120,7 @@ impl Node {
         let committed_index = stores.log.committed_index();
         let flush_stats = stores.log.flush_stats();
         let early_stats = stores.early.as_ref().map(|early| early.stats());
-        let dialer = config.peer_dialer()?;
+        let dialer = config.peer_dialer()?.with_identity(stores.state_machine.identity());
         let lease = Duration::from_millis(config.raft.election_timeout_max_ms);
         let election_timeout_min = Duration::from_millis(config.raft.election_timeout_min_ms);
         let (election_nudges, nudge_queue) = Nudges::new(lease, election_timeout_min);
@@ -180,6 +182,11 @@ impl Node {
             }
             Err(reason) => Err(Error::FailedPrecondition(format!("leadership did not move: {reason}")).into()),
         }
+    }
+
+    /// The cluster id this node's state names (none before its first leader named it).
+    pub fn cluster_identity(&self) -> crate::transport::identity::ClusterIdentity {
+        self.state_machine.identity()
     }
 
     /// Its Raft handle.

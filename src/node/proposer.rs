@@ -76,6 +76,7 @@ pub fn approximate_bytes(envelope: &Envelope) -> usize {
             | Command::SetRunnerHealth { address, .. }
             | Command::ReleaseAll { address } => address.len(),
             Command::SetLockExpiration { .. } | Command::EnsureLockExpiration { .. } => 0,
+            Command::SetClusterId { cluster_id } => cluster_id.len(),
         };
     strings + 4 * FRAMING_BYTES
 }

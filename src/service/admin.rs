@@ -79,6 +79,7 @@ impl pb::admin_server::Admin for AdminService {
             disk_bytes: view.disk_bytes,
             wall_clock_ms: crate::clock::wall_clock_ms(),
             store_time_ms: self.node.store_time_ms_for_views(),
+            cluster_id: self.node.cluster_identity().get().unwrap_or_default(),
         }))
     }
 
@@ -222,6 +223,27 @@ impl admin_pb::cluster_server::Cluster for ClusterService {
         };
         let forward = |c, r| async move { cluster_client(c).transfer_leader(r).await };
         answer_or_forward("transfer_leader", request, local, forward, &self.node).await
+    }
+
+    type BackupStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<admin_pb::BackupChunk, Status>> + Send + 'static>>;
+
+    async fn backup(&self, _request: Request<admin_pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        let taken = self.node.read_applied(|applied, _now_ms| crate::backup::Backup {
+            last_applied: applied.last_applied,
+            membership: applied.last_membership.clone(),
+            state: applied.state.clone(),
+            taken_at_ms: crate::clock::wall_clock_ms(),
+        });
+        let backup = taken.await.map_err(super::call_error_status)?;
+        let encoded = tokio::task::spawn_blocking(move || backup.to_bytes()).await;
+        let bytes = encoded.map_err(|e| Status::internal(e.to_string()))?.map_err(status::to_status)?;
+        let total_bytes = bytes.len() as u64;
+        let chunks: Vec<Result<admin_pb::BackupChunk, Status>> = bytes
+            .chunks(crate::limits::SNAPSHOT_CHUNK_BYTES)
+            .map(|chunk| Ok(admin_pb::BackupChunk { data: chunk.to_vec(), total_bytes }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
     async fn trigger_snapshot(

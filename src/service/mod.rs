@@ -75,10 +75,14 @@ pub async fn serve(
     let cluster = pb::admin::cluster_server::ClusterServer::new(admin::ClusterService::new(node.clone()));
     let inspect = pb::admin::inspect_server::InspectServer::new(inspect::InspectService::new(node.clone()))
         .max_encoding_message_size(bytes_max);
-    let raft =
-        pb::raft::raft_server::RaftServer::new(RaftService::new(node.raft().clone(), node.raft_events(), stopping_rx))
-            .max_decoding_message_size(bytes_max)
-            .max_encoding_message_size(bytes_max);
+    let raft = pb::raft::raft_server::RaftServer::new(RaftService::new(
+        node.raft().clone(),
+        node.raft_events(),
+        stopping_rx,
+        node.cluster_identity(),
+    ))
+    .max_decoding_message_size(bytes_max)
+    .max_encoding_message_size(bytes_max);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     tokio::spawn(observe::report_health(node.clone(), health_reporter));
     let reflection = tonic_reflection::server::Builder::configure()
@@ -188,6 +192,18 @@ where
             continue;
         }
         return Err(forward_failure(status, &leader_address));
+    }
+}
+
+/// The status of a call answered here that failed: `UNAVAILABLE` naming
+/// the leader for one that must go there (a call that is not forwarded).
+pub(crate) fn call_error_status(error: CallError) -> Status {
+    match error {
+        CallError::Failed(error) => status::to_status(error),
+        CallError::NotLeader { leader_address } => status::to_status(Error::Unavailable {
+            message: "this node is not the leader".into(),
+            leader_hint: leader_address,
+        }),
     }
 }
 

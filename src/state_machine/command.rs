@@ -78,6 +78,13 @@ pub enum Command {
         /// The new `E`, at least 1 ms.
         lock_expiration_ms: u64,
     },
+    /// Name the cluster (once: a cluster that has a name keeps it). Written
+    /// by the first leader of a new cluster; restore and recover name the
+    /// cluster they make anew, so nodes of the old one are refused.
+    SetClusterId {
+        /// The cluster's identity.
+        cluster_id: String,
+    },
     /// Set the namespace's `E` unless it was set before (then only when
     /// `take_over`); answers the `E` in force.
     EnsureLockExpiration {
@@ -269,6 +276,7 @@ impl Command {
                 validate_address(address)?;
                 split_shard_id(shard_id).map(|_| ())
             }
+            Command::SetClusterId { cluster_id } => crate::model::encoding::validate_cluster_id(cluster_id),
             Command::SetLockExpiration { lock_expiration_ms }
             | Command::EnsureLockExpiration { lock_expiration_ms, .. } => {
                 if (1..=crate::limits::LOCK_EXPIRATION_MS_MAX).contains(lock_expiration_ms) {
@@ -295,6 +303,7 @@ impl Command {
             Command::ReleaseAll { .. } => "release_all",
             Command::SetLockExpiration { .. } => "set_lock_expiration",
             Command::EnsureLockExpiration { .. } => "ensure_lock_expiration",
+            Command::SetClusterId { .. } => "set_cluster_id",
         }
     }
 }

@@ -90,6 +90,8 @@ pub struct State {
     default_caps: Caps,
     /// Every namespace that holds a record or a setting, by name.
     namespaces: BTreeMap<NamespaceName, Namespace>,
+    /// The cluster's identity, once its first leader (or a restore) named it.
+    cluster_id: Option<String>,
     dedup: dedup::Dedup,
     /// The largest `E` of a namespace (the default without one), which
     /// bounds how long idle clients are remembered; derived, not snapshotted.
@@ -126,6 +128,7 @@ impl State {
             default_lock_expiration_ms: lock_expiration_ms,
             default_caps: Caps::default(),
             namespaces: BTreeMap::new(),
+            cluster_id: None,
             dedup: dedup::Dedup::default(),
             lock_expiration_max_ms: Derived::default(),
         }
@@ -174,6 +177,11 @@ impl State {
         if let Err(error) = command.validate() {
             return Reply::rejected(error);
         }
+        if let Command::SetClusterId { cluster_id } = command {
+            // A cluster keeps the name it was given first.
+            self.cluster_id.get_or_insert_with(|| cluster_id.clone());
+            return Reply::Done;
+        }
         let now_ms = self.now_ms;
         if let Some(namespace) = self.namespaces.get_mut(name) {
             let reply = namespace.execute(command, now_ms);
@@ -221,6 +229,19 @@ impl State {
     /// Every namespace that holds a record or a setting, by name.
     pub fn namespaces(&self) -> &BTreeMap<NamespaceName, Namespace> {
         &self.namespaces
+    }
+
+    /// The cluster's identity, once named.
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.cluster_id.as_deref()
+    }
+
+    /// This state named `cluster_id`, whatever it was named before: what
+    /// restore and recover make is another cluster than the one they
+    /// started from.
+    pub fn renamed(mut self, cluster_id: String) -> State {
+        self.cluster_id = Some(cluster_id);
+        self
     }
 
     /// State-machine time: the largest `time_ms` applied.
@@ -313,6 +334,8 @@ impl Namespace {
                 let (lock_expiration_ms, previously_set) = self.ensure_lock_expiration(*lock_expiration_ms, *take_over);
                 Ok(Reply::LockExpiration { lock_expiration_ms, previously_set })
             }
+            // Cluster-wide: `State::execute` names the cluster before any namespace.
+            Command::SetClusterId { .. } => Ok(Reply::Done),
         };
         result.unwrap_or_else(Reply::rejected)
     }

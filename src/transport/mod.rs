@@ -17,6 +17,7 @@ use tonic::{Request, Status};
 use crate::error::{Error, Result};
 use crate::limits::CONNECT_TIMEOUT;
 
+pub mod identity;
 pub mod pool;
 pub mod status;
 
@@ -65,6 +66,8 @@ impl TlsFiles {
 pub struct Dialer {
     tls: Option<ClientTlsConfig>,
     authorization: Option<MetadataValue<Ascii>>,
+    /// A node's cluster, sent on every call it makes to other nodes.
+    identity: Option<identity::ClusterIdentity>,
 }
 
 impl Dialer {
@@ -77,7 +80,13 @@ impl Dialer {
             .map(|token| format!("Bearer {token}").parse::<MetadataValue<Ascii>>())
             .transpose()
             .map_err(|_| Error::Config("the auth token must be printable ASCII".into()))?;
-        Ok(Dialer { tls, authorization })
+        Ok(Dialer { tls, authorization, identity: None })
+    }
+
+    /// This dialer, also sending `identity` on every call (a node's own).
+    pub fn with_identity(mut self, identity: identity::ClusterIdentity) -> Self {
+        self.identity = Some(identity);
+        self
     }
 
     /// A client-side TLS config that trusts the CA in `ca_path` (no client identity).
@@ -110,10 +119,13 @@ impl Dialer {
         Ok(endpoint.connect_lazy())
     }
 
-    /// Adds the bearer token, if any, to `request`.
+    /// Adds the bearer token, if any, to `request`, and the node's cluster id.
     pub fn authorize<T>(&self, request: &mut Request<T>) {
         if let Some(authorization) = &self.authorization {
             request.metadata_mut().insert("authorization", authorization.clone());
+        }
+        if let Some(identity) = &self.identity {
+            identity.stamp(request.metadata_mut());
         }
     }
 }

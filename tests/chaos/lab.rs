@@ -59,11 +59,14 @@ pub struct Tuning {
 }
 
 impl Default for Tuning {
+    /// The product's own Raft timing (what users run, so the availability
+    /// figures are theirs), with small snapshot intervals.
     fn default() -> Self {
+        let product = runner_storage::config::RaftTuning::default();
         Tuning {
-            heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            heartbeat_interval_ms: product.heartbeat_interval_ms,
+            election_timeout_min_ms: product.election_timeout_min_ms,
+            election_timeout_max_ms: product.election_timeout_max_ms,
             // Small, so snapshots, log purging and snapshot installs happen under chaos.
             snapshot_logs_since_last: 500,
             logs_kept_after_snapshot: 100,

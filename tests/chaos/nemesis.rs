@@ -4,7 +4,7 @@
 //! once (each alone), then at random (mixed).
 //!
 //! Holds: SIGKILLed nodes stay down 1–3 s; a paused leader stays stopped
-//! 1.2–3 s (the election timeout is at most 0.8 s); partitions last 2–5 s;
+//! 1.2–3 s (longer than any election timeout); partitions last 2–5 s;
 //! a membership change keeps the added node a voter for 1–3 s. Power cuts
 //! ([`crate::nemesis_cuts`]) keep the power off 0.2–1 s, the workload held
 //! meanwhile; clock faults and the paused holder are in

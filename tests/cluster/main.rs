@@ -9,6 +9,7 @@ mod common;
 #[path = "../common/conformance.rs"]
 mod conformance;
 
+mod backup;
 mod bad_input;
 mod bootstrap;
 mod calls;

@@ -289,6 +289,16 @@ impl TestCluster {
         signal(child, "CONT");
     }
 
+    /// Node `id`'s data dir.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
+    }
+
+    /// Node `id`'s config file.
+    pub fn config_path(&self, id: u64) -> PathBuf {
+        self.nodes[&id].config_path.clone()
+    }
+
     pub fn address(&self, id: u64) -> String {
         self.nodes[&id].address.clone()
     }
@@ -338,6 +348,40 @@ impl TestCluster {
             }
             assert!(Instant::now() < deadline, "no leader within {timeout:?}; logs in {}", self.dir.path().display());
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls nodes `ids` until one leads and the others of them follow it.
+    pub async fn wait_for_leader_among(&self, ids: &[u64], timeout: Duration) -> u64 {
+        let client = self.client();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut statuses = Vec::new();
+            for id in ids {
+                statuses.extend(client.status_of(&self.address(*id)).await.ok());
+            }
+            let leader = statuses.iter().find(|status| status.role == "leader").map(|status| status.node_id);
+            if let Some(leader) = leader.filter(|_| statuses.len() == ids.len()) {
+                if statuses.iter().all(|status| status.leader_id == leader) {
+                    return leader;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader among {ids:?} within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits (at most 30 s) until node `id`'s process exits; its status.
+    pub async fn wait_for_exit(&mut self, id: u64) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let child = self.nodes.get_mut(&id).and_then(|node| node.child.as_mut()).expect("node was started");
+        loop {
+            if let Some(status) = child.try_wait().expect("poll child") {
+                self.nodes.get_mut(&id).expect("known node").child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node {id} did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

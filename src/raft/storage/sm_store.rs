@@ -25,6 +25,7 @@ use super::snapshot_file::SnapshotFile;
 use crate::raft::{Node, NodeId, TypeConfig};
 use crate::state_machine::{Reply, State};
 use crate::store_clock::OfficeAnchor;
+use crate::transport::identity::ClusterIdentity;
 
 type Entry = openraft::Entry<TypeConfig>;
 
@@ -52,6 +53,8 @@ pub struct StateMachineStore {
     /// Set on applying each blank entry (a new leader's first): see [`StoreClock`](crate::store_clock).
     leader_anchors: Arc<tokio::sync::watch::Sender<Option<LeaderAnchor>>>,
     snapshot_file: SnapshotFile,
+    /// The cluster id the applied state names, for the transport.
+    identity: ClusterIdentity,
     snapshots_built: Arc<AtomicU64>,
     snapshot_bytes: Arc<AtomicU64>,
 }
@@ -71,7 +74,10 @@ impl StateMachineStore {
             Some(stored) => decode::<AppliedState>(&stored.data).map_err(|e| read_error(&e))?,
             None => AppliedState { state: initial_state, ..AppliedState::default() },
         };
+        let identity = ClusterIdentity::default();
+        identity.set(applied.state.cluster_id());
         Ok(StateMachineStore {
+            identity,
             applied: Arc::new(RwLock::new(applied)),
             last_applied_at: Arc::new(Mutex::new(Instant::now())),
             leader_anchors: Arc::new(tokio::sync::watch::Sender::new(None)),
@@ -79,6 +85,18 @@ impl StateMachineStore {
             snapshots_built: Arc::new(AtomicU64::new(0)),
             snapshot_bytes: Arc::new(AtomicU64::new(snapshot_bytes)),
         })
+    }
+
+    /// The cluster id the applied state names, kept current as entries apply.
+    pub fn identity(&self) -> ClusterIdentity {
+        self.identity.clone()
+    }
+
+    /// Notes the applied state's cluster id, when it changed.
+    fn note_identity(&self, state: &State) {
+        if let Some(cluster_id) = state.cluster_id().filter(|id| !self.identity.is(id)) {
+            self.identity.set(Some(cluster_id));
+        }
     }
 
     /// The anchor of the latest leader whose blank entry was applied here.
@@ -201,6 +219,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             applied.state.check_invariants();
             true
         });
+        self.note_identity(&applied.state);
         Ok(replies)
     }
 
@@ -227,6 +246,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Err(StorageIOError::read_snapshot(signature, AnyError::error(message)).into());
         }
         self.save_snapshot(meta, data).await?;
+        self.identity.set(installed.state.cluster_id());
         *self.write() = installed;
         *self.last_applied_at.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
