@@ -15,6 +15,7 @@ mod bootstrap;
 mod calls;
 mod clock;
 mod conformance_clusters;
+mod dns;
 mod early_replication;
 mod failover;
 mod handover;

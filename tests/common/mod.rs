@@ -37,6 +37,12 @@ pub struct Tuning {
     /// clock offset by [`TestCluster::set_clock_offset`]; the monotonic
     /// clock stays real. Nothing in the product fakes clocks.
     pub fake_clocks: bool,
+    /// Name peers by DNS: node `id` listens on `127.0.0.{10+id}` and its
+    /// peers know it as `node{id}.runner-storage.test`, resolved through a
+    /// hosts file of the cluster's own, bind-mounted over `/etc/hosts` in
+    /// each node's mount namespace (needs root and `unshare`). See
+    /// [`TestCluster::move_node`].
+    pub peers_by_name: bool,
 }
 
 impl Default for Tuning {
@@ -49,6 +55,7 @@ impl Default for Tuning {
             metrics: false,
             tls_dir: None,
             fake_clocks: false,
+            peers_by_name: false,
         }
     }
 }
@@ -121,6 +128,11 @@ pub fn binary() -> PathBuf {
     path
 }
 
+/// The DNS name of node `id` in a [`Tuning::peers_by_name`] cluster.
+pub fn node_name(id: u64) -> String {
+    format!("node{id}.runner-storage.test")
+}
+
 /// Debian's libfaketime (package `faketime`, installed by `scripts/test.sh`).
 pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
@@ -143,10 +155,57 @@ impl TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut cluster = TestCluster { dir, nodes: BTreeMap::new(), tuning };
         let peers: Vec<(u64, String)> = (1..=size).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
+        if cluster.tuning.peers_by_name {
+            let named: Vec<(u64, String)> =
+                peers.iter().map(|(id, address)| (*id, address.replacen("127.0.0.1", &node_name(*id), 1))).collect();
+            for ((id, address), (_, listen)) in named.iter().zip(&peers) {
+                cluster.write_node(*id, address, &named);
+                cluster.set_node_ip(*id, &listen.replacen("127.0.0.1", &format!("127.0.0.{}", 10 + id), 1));
+            }
+            return cluster;
+        }
         for (id, address) in &peers {
             cluster.write_node(*id, address, &peers);
         }
         cluster
+    }
+
+    /// The hosts file of a [`Tuning::peers_by_name`] cluster.
+    fn hosts_file(&self) -> PathBuf {
+        self.dir.path().join("hosts")
+    }
+
+    /// Makes node `id` listen on `listen` (`ip:port`) and its name resolve
+    /// there: the address clients (and this harness) reach it at.
+    fn set_node_ip(&mut self, id: u64, listen: &str) {
+        let config_path = self.nodes[&id].config_path.clone();
+        let config = std::fs::read_to_string(&config_path).expect("read node config");
+        let config: String = config
+            .lines()
+            .map(|line| if line.starts_with("listen = ") { format!("listen = \"{listen}\"") } else { line.to_owned() })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&config_path, config + "\n").expect("write node config");
+        self.nodes.get_mut(&id).expect("known node").address = listen.to_owned();
+        let ip = listen.rsplit_once(':').expect("ip:port").0.to_owned();
+        let hosts = self.hosts_file();
+        let mut entries: BTreeMap<String, String> = std::fs::read_to_string(&hosts)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.split_once(' ').map(|(ip, name)| (name.to_owned(), ip.to_owned())))
+            .collect();
+        entries.insert(node_name(id), ip);
+        let text: String = entries.iter().map(|(name, ip)| format!("{ip} {name}\n")).collect();
+        // Written in place: the bind mounts see the same file.
+        std::fs::write(&hosts, format!("127.0.0.1 localhost\n{text}")).expect("write the hosts file");
+    }
+
+    /// Moves a stopped node to another IP (a rescheduled pod): it listens
+    /// there from its next start, and its name resolves there at once.
+    pub fn move_node(&mut self, id: u64, ip: &str) {
+        assert!(self.tuning.peers_by_name, "move_node needs Tuning::peers_by_name");
+        let port = self.nodes[&id].address.rsplit_once(':').expect("ip:port").1.to_owned();
+        self.set_node_ip(id, &format!("{ip}:{port}"));
     }
 
     fn write_node(&mut self, id: u64, address: &str, peers: &[(u64, String)]) {
@@ -198,7 +257,20 @@ impl TestCluster {
         let node = self.nodes.get_mut(&id).expect("known node");
         assert!(node.child.is_none(), "node {id} is already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log_path).expect("open node log");
-        let mut command = Command::new(binary());
+        let mut command = if self.tuning.peers_by_name {
+            // A mount namespace of its own, whose /etc/hosts is the cluster's.
+            let hosts = self.dir.path().join("hosts");
+            let mut command = Command::new("unshare");
+            command.args(["--mount", "--propagation", "private", "sh", "-c"]).arg(format!(
+                "mount --bind '{}' /etc/hosts && exec '{}' \"$@\"",
+                hosts.display(),
+                binary().display()
+            ));
+            command.arg("runner-storage");
+            command
+        } else {
+            Command::new(binary())
+        };
         command
             .arg("serve")
             .arg("--config")
