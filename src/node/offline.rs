@@ -63,9 +63,13 @@ pub async fn restore(config: &NodeConfig, backup: &Backup, cluster_id: &str) -> 
     seed(&open(path)?, log_id, nodes, state, cluster_id).await
 }
 
-/// Makes the node of `config` a cluster of one voter holding the state its
-/// log had committed (entries it had not seen committed are lost), under a
-/// new cluster id; grow it again with `ctl members add`.
+/// Makes the node of `config` a cluster of one voter holding the state of
+/// its whole log, under a new cluster id; grow it again with `ctl members
+/// add`. The whole log, not just what the node had seen committed: a
+/// follower learns of a commit late and records it without a sync, while
+/// every entry in its log may have been committed and acknowledged by the
+/// lost leader (as Raft itself would commit them, were this node to lead
+/// alone). Entries it never received are lost.
 ///
 /// # Errors
 /// [`Error::FailedPrecondition`] when the data dir holds no Raft state;
@@ -73,7 +77,7 @@ pub async fn restore(config: &NodeConfig, backup: &Backup, cluster_id: &str) -> 
 pub async fn recover_single_voter(config: &NodeConfig, cluster_id: &str) -> Result<Seeded> {
     crate::model::encoding::validate_cluster_id(cluster_id)?;
     let data_dir = open(&config.data_dir)?;
-    let applied = committed_state(&data_dir).await?;
+    let applied = logged_state(&data_dir).await?;
     let address = applied.last_membership.membership().get_node(&config.node_id).cloned();
     let address = address.unwrap_or_else(|| BasicNode::new(config.listen.to_string()));
     let Some(log_id) = applied.last_applied else {
@@ -92,19 +96,19 @@ fn open(path: &std::path::Path) -> Result<DataDir> {
         .map_err(|e| Error::storage(format!("cannot open data dir {}", path.display()), e))
 }
 
-/// The state the data dir's committed log reaches: its snapshot, then the
-/// entries after it up to the committed index.
-async fn committed_state(data_dir: &DataDir) -> Result<AppliedState> {
+/// The state the data dir's log reaches: its snapshot and applied state,
+/// then every entry after them.
+async fn logged_state(data_dir: &DataDir) -> Result<AppliedState> {
     let storage = |e: openraft::StorageError<NodeId>| Error::storage("reading the Raft log", e);
     let state_machine = StateMachineStore::open(data_dir, State::default()).map_err(storage)?;
     let mut applied = state_machine.read().clone();
     let mut log = LogStore::open(data_dir).map_err(storage)?;
-    let Some(committed) = log.read_committed().await.map_err(storage)? else { return Ok(applied) };
+    let Some(last) = log.get_log_state().await.map_err(storage)?.last_log_id else { return Ok(applied) };
     let first = applied.last_applied.map_or(0, |log_id| log_id.index + 1);
-    if committed.index < first {
+    if last.index < first {
         return Ok(applied);
     }
-    let entries = log.get_log_reader().await.try_get_log_entries(first..=committed.index).await.map_err(storage)?;
+    let entries = log.get_log_reader().await.try_get_log_entries(first..=last.index).await.map_err(storage)?;
     for entry in entries {
         applied.last_applied = Some(entry.log_id);
         match entry.payload {

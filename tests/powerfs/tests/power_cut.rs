@@ -220,6 +220,24 @@ fn sync_tree(dir: &Path) {
     File::open(dir).expect("open dir").sync_all().expect("fsync dir");
 }
 
+/// sled opened again in this process. The dropped `Db`'s background I/O
+/// threads may still hold its lock file for a moment (sled says "could not
+/// acquire lock", as its own tests know: they block on the lock instead), so
+/// the open is retried until the lock is free, within 10 s.
+fn reopen(path: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled_config(path).open() {
+            Ok(db) => return db,
+            Err(sled::Error::Io(error)) if error.to_string().contains("could not acquire lock") => {
+                assert!(std::time::Instant::now() < deadline, "sled's lock file stayed held 10 s after drop");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(error) => panic!("sled opens the durable state again: {error}"),
+        }
+    }
+}
+
 /// sled 0.34 over powerfs: a baseline made durable by hand, then `k`
 /// written and flushed, then (with `fdatasync`) sled's files synced, then
 /// a cut; returns what `k` reads after sled opens the data dir again.
@@ -237,7 +255,7 @@ fn sled_after_cut(fdatasync: bool) -> Option<Vec<u8>> {
     m.fs.cut(None);
     // Its descriptors are dead now: what it writes while closing never happened.
     drop(db);
-    let db = sled_config(&m.root).open().expect("sled opens the durable state again");
+    let db = reopen(&m.root);
     assert_eq!(db.get(b"base").expect("get").as_deref(), Some(&b"1"[..]), "the durable baseline");
     let value = db.get(b"k").expect("get").map(|value| value.to_vec());
     drop(db);
